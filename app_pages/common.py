@@ -1,0 +1,142 @@
+"""UI pieces shared by the pages: cached model, upload decoding, charts, CAM controls.
+
+Every decision (decoding, prediction, confidence, heatmaps) is made by
+`skin_model`; this module only arranges it on screen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image
+
+from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, ImageError, Prediction, Predictor, load_image, load_predictor
+from skin_model.constants import SITES
+from skin_model.explain import DEFAULT_METHOD, METHODS, Explainer, Heatmap
+from skin_model.images import photo_date
+
+DISCLAIMER = (
+    "Research demo, not a medical device. It has not been clinically validated and must not be used "
+    "to diagnose, treat or rule out skin cancer. See a dermatologist about any lesion that worries you."
+)
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "heic", "heif"]
+MALIGNANT_COLOUR, BENIGN_COLOUR = "#d62728", "#1f77b4"
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def get_predictor() -> Predictor:
+    """One predictor per process, on the GPU when there is one."""
+    return load_predictor(os.environ.get("SKIN_MODEL_WEIGHTS") or None)
+
+
+@st.cache_resource(show_spinner=False)
+def get_explainer() -> Explainer:
+    return Explainer(get_predictor())
+
+
+@dataclass
+class Photo:
+    """A decoded photo kept in memory only."""
+
+    name: str
+    image: Image.Image
+    digest: str
+    date: object = None
+
+
+def decode(name: str, data: bytes) -> Photo:
+    """Decode one upload; raises ImageError with a message for the user."""
+    image = load_image(data, name=name)
+    return Photo(name=name, image=image, digest=hashlib.sha256(data).hexdigest(), date=photo_date(data))
+
+
+def decode_all(files: list) -> tuple[list[Photo], list[tuple[str, str]]]:
+    """Decode every upload; broken ones become (name, message) errors, the rest go on."""
+    photos, errors = [], []
+    for f in files:
+        try:
+            photos.append(decode(f.name, f.getvalue()))
+        except ImageError as exc:
+            errors.append((f.name, str(exc)))
+        except Exception:  # never let one file take the page down
+            errors.append((f.name, f"{f.name}: this file could not be read as an image"))
+    return photos, errors
+
+
+def sidebar() -> None:
+    """Device and disclaimer, on every page."""
+    with st.sidebar:
+        try:
+            st.caption(f"Model runs on: **{get_predictor().device_name}**")
+        except Exception as exc:  # weights missing or altered: say so, keep the page up
+            st.error(f"The model could not be loaded: {exc}")
+        st.warning(DISCLAIMER, icon="⚠️")
+
+
+def patient_context(key: str) -> dict:
+    """Optional age, sex and body site (the HAM10000 metadata the model can use)."""
+    with st.expander("Patient context (optional)"):
+        c1, c2, c3 = st.columns(3)
+        age = c1.number_input("Age", min_value=0, max_value=110, value=None, step=1, key=f"{key}_age")
+        sex = c2.selectbox("Sex", ["unknown", "male", "female"], key=f"{key}_sex")
+        site = c3.selectbox("Body site", ["unknown", *SITES], key=f"{key}_site")
+    return {"age": float(age) if age is not None else None, "sex": None if sex == "unknown" else sex,
+            "site": None if site == "unknown" else site}
+
+
+def label(code: str) -> str:
+    return f"{CLASS_NAMES[code]} ({code})" + (" ⚠ malignant" if code in MALIGNANT else "")
+
+
+def probability_chart(probs: dict[str, float], title: str | None = None) -> go.Figure:
+    """Sorted horizontal bars with full class names; malignant classes in red."""
+    order = sorted(probs, key=probs.get)
+    fig = go.Figure(go.Bar(
+        x=[probs[c] for c in order], y=[label(c) for c in order], orientation="h",
+        marker_color=[MALIGNANT_COLOUR if c in MALIGNANT else BENIGN_COLOUR for c in order],
+        text=[f"{probs[c]:.1%}" for c in order], textposition="auto", customdata=order,
+    ))
+    fig.update_layout(title=title, xaxis=dict(range=[0, 1], tickformat=".0%", title="probability"),
+                      height=300, margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+    return fig
+
+
+def verdict(probs: dict[str, float], prediction: Prediction) -> None:
+    """The top diagnosis, or a clear inconclusive state."""
+    code, p = Prediction.top(probs)
+    if prediction.is_inconclusive(probs):
+        st.warning(f"**Inconclusive**: the model is not confident (top class {CLASS_NAMES[code]} at {p:.0%}, "
+                   f"below the {prediction.inconclusive_below:.0%} threshold).")
+    elif code in MALIGNANT:
+        st.error(f"**{CLASS_NAMES[code]}** ({code}, malignant): {p:.1%}")
+    else:
+        st.success(f"**{CLASS_NAMES[code]}** ({code}): {p:.1%}")
+
+
+def cam_controls(key: str, default_target: str | None = None) -> tuple[str, str | None, float]:
+    """Method, target class and opacity for the heatmaps."""
+    c1, c2, c3 = st.columns(3)
+    method = c1.selectbox("Heatmap method", list(METHODS), index=list(METHODS).index(DEFAULT_METHOD),
+                          key=f"{key}_method")
+    options = ["predicted class", *CLASSES]
+    target = c2.selectbox("Explain class", options, key=f"{key}_target",
+                          format_func=lambda c: c if c == "predicted class" else label(c))
+    opacity = c3.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_opacity")
+    return method, None if target == "predicted class" else target, opacity
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _cam(digest: str, _image: Image.Image, target: str | None, method: str) -> tuple[np.ndarray, str]:
+    heat = get_explainer().heatmap(_image, target, method)
+    return heat.cam, heat.target
+
+
+def heatmap(photo: Photo, target: str | None, method: str) -> Heatmap:
+    """The photo's CAM, cached by content so moving the opacity slider is instant."""
+    cam, code = _cam(photo.digest, photo.image, target, method)
+    return Heatmap(cam=cam, target=code, method=method)

@@ -1,0 +1,112 @@
+"""Dataset explorer: filter HAM10000, chart it, page through photos, send one to
+the classifier, and run all photos of one lesion as a sequence."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from app_pages import common
+from skin_model import CLASS_NAMES
+from skin_model.data import DatasetError, load_ham10000
+
+PAGE_SIZE = 12
+
+st.title("🗂️ HAM10000 explorer")
+common.sidebar()
+
+with st.sidebar:
+    folder = st.text_input("HAM10000 folder", value=os.environ.get("HAM10000_DIR", ""),
+                           help="The folder holding HAM10000_metadata.csv and the images.")
+
+
+@st.cache_data(show_spinner="Reading HAM10000…", max_entries=4)
+def read_table(path: str) -> pd.DataFrame:
+    return load_ham10000(path).table
+
+
+try:
+    table = read_table(folder.strip()) if folder.strip() else None
+    problem = None if table is not None else "No HAM10000 folder is set."
+except DatasetError as exc:
+    table, problem = None, str(exc)
+if table is None:
+    st.info(f"{problem}\n\nThe explorer needs a local copy of HAM10000 (Tschandl et al. 2018, CC BY-NC 4.0). "
+            "Download it from the Harvard Dataverse (doi:10.7910/DVN/DBW86T): `HAM10000_metadata.csv` and the "
+            "two image archives, unpacked into `HAM10000_images_part_1/` and `HAM10000_images_part_2/`. Then "
+            "type the folder's path in the sidebar or start the app with `HAM10000_DIR=/path/to/ham10000`. "
+            "The other pages work without it.")
+    st.stop()
+
+table = table.assign(diagnosis=table.dx.map(CLASS_NAMES))
+with st.expander("Filters", expanded=True):
+    c1, c2, c3 = st.columns(3)
+    dx = c1.multiselect("Diagnosis", sorted(table.dx.unique()), format_func=lambda c: f"{CLASS_NAMES[c]} ({c})")
+    dx_type = c2.multiselect("Confirmed by (dx_type)", sorted(table.dx_type.dropna().unique()))
+    sex = c3.multiselect("Sex", sorted(table.sex.dropna().unique()))
+    c4, c5 = st.columns([2, 1])
+    site = c4.multiselect("Localization", sorted(table.localization.dropna().unique()))
+    ages = table.age.dropna()
+    age = c5.slider("Age", int(ages.min()), int(ages.max()), (int(ages.min()), int(ages.max())))
+
+view = table
+for column, chosen in (("dx", dx), ("dx_type", dx_type), ("sex", sex), ("localization", site)):
+    if chosen:
+        view = view[view[column].isin(chosen)]
+if age != (int(ages.min()), int(ages.max())):
+    view = view[view.age.between(*age)]
+st.metric("Photos matching", f"{len(view):,}", delta=f"{view.lesion_id.nunique():,} lesions", delta_color="off")
+if view.empty:
+    st.warning("No photo matches these filters.")
+    st.stop()
+
+c1, c2 = st.columns(2)
+c1.plotly_chart(px.histogram(view, y="diagnosis", color="diagnosis", title="Diagnoses").update_layout(
+    showlegend=False), key="dx_chart")
+c2.plotly_chart(px.histogram(view, x="age", color="dx", nbins=20, title="Age"), key="age_chart")
+c3, c4 = st.columns(2)
+c3.plotly_chart(px.histogram(view, y="localization", title="Localization"), key="site_chart")
+c4.plotly_chart(px.pie(view.fillna({"sex": "unknown"}), names="sex", title="Sex"), key="sex_chart")
+
+st.subheader("Gallery")
+pages = max(1, -(-len(view) // PAGE_SIZE))
+page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1, step=1)
+cols = st.columns(4)
+for i, row in enumerate(view.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE].itertuples()):
+    with cols[i % 4]:
+        st.image(row.path, caption=f"{row.image_id} · {row.dx} · {row.lesion_id}", width="stretch")
+        if st.button("Analyse", key=f"analyse_{row.image_id}"):
+            st.session_state["analyse_paths"] = [row.path]
+            st.switch_page("app_pages/classify.py")
+
+st.subheader("One lesion, all its photos")
+multi = view.groupby("lesion_id").size()
+multi = sorted(multi[multi >= 2].index)
+if not multi:
+    st.info("No lesion with several photos matches the filters.")
+    st.stop()
+lesion_id = st.selectbox(f"Lesion ({len(multi)} with two or more photos)", multi)
+rows = view[view.lesion_id == lesion_id].sort_values("image_id")
+truth = rows.dx.iloc[0]
+st.caption(f"Ground truth: **{CLASS_NAMES[truth]} ({truth})**, confirmed by {rows.dx_type.iloc[0]}; "
+           f"photos read in image-id order (HAM10000 has no dates).")
+photos = [common.decode(Path(p).name, Path(p).read_bytes()) for p in rows.path]
+first = rows.iloc[0]
+prediction = common.get_predictor().predict([p.image for p in photos], sequence=True)
+left, right = st.columns([1, 2])
+with left:
+    common.verdict(prediction.sequence, prediction)
+    context = common.get_predictor().predict([p.image for p in photos], sequence=True, age=first.age,
+                                             sex=first.sex, site=first.localization)
+    code, p = context.top(context.sequence)
+    st.caption(f"With the patient's age, sex and site: {CLASS_NAMES[code]} ({p:.0%})")
+right.plotly_chart(common.probability_chart(prediction.sequence, "Sequence prediction"), key="lesion_seq")
+cols = st.columns(min(len(photos), 4))
+for i, (photo, probs) in enumerate(zip(photos, prediction.photos)):
+    with cols[i % len(cols)]:
+        st.image(photo.image, caption=photo.name, width="stretch")
+        common.verdict(probs, prediction)

@@ -1,0 +1,85 @@
+"""Model card & about: what the model is, how well it did, and what it is not."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from app_pages import common
+from skin_model import CLASS_NAMES, CLASSES, MALIGNANT
+
+st.title("📄 Model card & about")
+st.error(f"**{common.DISCLAIMER}**", icon="⚠️")
+common.sidebar()
+
+try:
+    card = common.get_predictor().card
+except Exception as exc:
+    st.error(f"The model could not be loaded: {exc}")
+    st.stop()
+
+st.markdown(f"""
+**What it is.** {card.get('architecture', 'CNN-LSTM')}. It gives probabilities for the seven HAM10000
+diagnoses: {", ".join(f"{CLASS_NAMES[c]} ({c})" for c in CLASSES)}. Malignant classes:
+{", ".join(sorted(MALIGNANT))}.
+
+**Intended use.** Teaching, research and demonstration of dermatoscopic image classification and of
+explanation methods (Grad-CAM). Not for diagnosis, triage or screening of patients.
+
+**Limitations.** Trained on HAM10000 only: mostly fair-skinned patients from two centres (Vienna, Australia),
+dermatoscopic photos, seven diagnoses. Any other lesion type (e.g. squamous cell carcinoma outside akiec,
+melanoma in situ on mucosa) is forced into one of the seven classes. Photos that are not dermatoscopic, badly
+lit, blurred or of other skin types are out of distribution and the probabilities may be wrong while looking
+confident. Heatmaps show what influenced the score, not where the pathology is.
+""")
+
+metrics = card.get("metrics") or {}
+single = metrics.get("single_photo") or {}
+if single:
+    st.subheader("Measured performance (held-out, lesion-grouped test split)")
+    rows = []
+    names = {"full": "single photo, full frame", "centre_crop": "single photo, centre square crop",
+             "zoom_0.6": "single photo, zoomed (60% centre crop)"}
+    for key, name in names.items():
+        if key in single:
+            rows.append({"evaluation": name, **{k: single[key][k] for k in
+                                                ("n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")}})
+    for key, name in names.items():
+        r = (metrics.get("with_patient_context") or {}).get(key)
+        if r:
+            rows.append({"evaluation": name + " + patient context", **{k: r[k] for k in
+                                                                        ("n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")}})
+    multi = metrics.get("multi_photo_lesions") or {}
+    for key, name in (("single_photo", "lesions with 2+ photos: each photo"),
+                      ("mean_of_photos", "lesions with 2+ photos: mean of photos"),
+                      ("sequence", "lesions with 2+ photos: LSTM sequence")):
+        if multi.get(key):
+            r = multi[key]
+            rows.append({"evaluation": name, **{k: r[k] for k in
+                                                ("n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")}})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={k: st.column_config.NumberColumn(format="%.3f") for k in
+                                ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")})
+
+    full = single["full"]
+    c1, c2 = st.columns([3, 2])
+    cm = pd.DataFrame(full["confusion_matrix"], index=list(CLASSES), columns=list(CLASSES))
+    c1.plotly_chart(px.imshow(cm, text_auto=True, color_continuous_scale="Blues",
+                              labels=dict(x="predicted", y="true", color="photos"),
+                              title="Confusion matrix (single photo, full frame)"), key="confusion")
+    per_class = pd.DataFrame(full["per_class"]).T.rename_axis("class").reset_index()
+    c2.dataframe(per_class, hide_index=True, width="stretch")
+
+training = card.get("training") or {}
+with st.expander("Training run and data"):
+    st.json({"training": {k: training.get(k) for k in ("hardware", "device", "seconds", "finished", "config")},
+             "data": card.get("data"), "sha256": card.get("sha256"), "size_bytes": card.get("size_bytes")},
+            expanded=False)
+
+st.subheader("Dataset")
+st.markdown("""
+Tschandl P., Rosendahl C., Kittler H. *The HAM10000 dataset, a large collection of multi-source dermatoscopic
+images of common pigmented skin lesions.* Scientific Data 5, 180161 (2018). Harvard Dataverse,
+doi:10.7910/DVN/DBW86T. Released under CC BY-NC 4.0 (academic, non-commercial use, with attribution).
+""")

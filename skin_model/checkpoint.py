@@ -1,0 +1,96 @@
+"""Save and load the shipped weights (safetensors) and their model card (JSON).
+
+The card records everything needed to use the weights correctly (classes,
+normalisation, input size, backbone) and the weights' sha256, which is checked
+before a single tensor is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import constants as C
+from .model import SkinLesionNet
+
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+class WeightsError(RuntimeError):
+    """The weights are missing, altered or do not match this code."""
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def card_constants() -> dict[str, Any]:
+    """The constants a model card must carry and a predictor must agree with."""
+    return {
+        "classes": list(C.CLASSES),
+        "class_names": dict(C.CLASS_NAMES),
+        "malignant": sorted(C.MALIGNANT),
+        "mean": list(C.MEAN),
+        "std": list(C.STD),
+        "image_size": C.IMAGE_SIZE,
+        "backbone": C.BACKBONE,
+        "max_sequence": C.MAX_SEQUENCE,
+        "meta_dim": C.META_DIM,
+    }
+
+
+def save(model: SkinLesionNet, directory: str | Path, card: dict[str, Any]) -> Path:
+    """Write the weights and a card that records their checksum."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / C.WEIGHTS_FILE
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights), metadata={"format": "pt"})
+    full = {**card, **card_constants(), "weights_file": C.WEIGHTS_FILE, "sha256": sha256(weights),
+            "size_bytes": weights.stat().st_size}
+    (directory / C.CARD_FILE).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+    return weights
+
+
+def read_card(directory: str | Path | None = None) -> dict[str, Any]:
+    directory = Path(directory) if directory is not None else DEFAULT_WEIGHTS_DIR
+    path = directory / C.CARD_FILE
+    if not path.is_file():
+        raise WeightsError(f"model card not found: {path}")
+    return json.loads(path.read_text())
+
+
+def load(directory: str | Path | None = None) -> tuple[SkinLesionNet, dict[str, Any]]:
+    """Verified load: the checksum and the card's constants must match before use."""
+    directory = Path(directory) if directory is not None else DEFAULT_WEIGHTS_DIR
+    card = read_card(directory)
+    weights = directory / card.get("weights_file", C.WEIGHTS_FILE)
+    if not weights.is_file():
+        raise WeightsError(f"weights file not found: {weights}")
+    actual = sha256(weights)
+    if actual != card.get("sha256"):
+        raise WeightsError(
+            f"checksum mismatch for {weights.name}: the model card expects {card.get('sha256')}, "
+            f"the file has {actual}; refusing to load altered weights"
+        )
+    expected = card_constants()
+    differing = [k for k, v in expected.items() if card.get(k) != v]
+    if differing:
+        raise WeightsError(f"model card disagrees with this code on: {', '.join(differing)}")
+    model = SkinLesionNet(pretrained=False)
+    model.load_state_dict(load_file(str(weights)))
+    model.eval()
+    return model, card
+
+
+def state_to_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    return model.to(device)

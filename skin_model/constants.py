@@ -1,0 +1,42 @@
+"""Constants shared by training, prediction and the app.
+
+They are also written into the model card that travels with the weights, and
+the predictor checks the card against them, so the app and training can never
+disagree about classes, normalisation or input size.
+"""
+
+from __future__ import annotations
+
+CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+CLASS_NAMES: dict[str, str] = {
+    "akiec": "Actinic keratosis / intraepithelial carcinoma",
+    "bcc": "Basal cell carcinoma",
+    "bkl": "Benign keratosis-like lesion",
+    "df": "Dermatofibroma",
+    "mel": "Melanoma",
+    "nv": "Melanocytic nevus",
+    "vasc": "Vascular lesion",
+}
+MALIGNANT: frozenset[str] = frozenset({"akiec", "bcc", "mel"})
+
+# EfficientNet-Lite was trained on ImageNet with inputs scaled to [-1, 1].
+MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
+STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
+IMAGE_SIZE: int = 128
+BACKBONE: str = "efficientnet-lite0"
+MAX_SEQUENCE: int = 8
+
+# Patient context (HAM10000 metadata columns); every field is optional.
+SEXES: tuple[str, ...] = ("male", "female")
+SITES: tuple[str, ...] = (
+    "abdomen", "acral", "back", "chest", "ear", "face", "foot", "genital",
+    "hand", "lower extremity", "neck", "scalp", "trunk", "upper extremity",
+)
+META_DIM: int = 2 + len(SEXES) + len(SITES)
+
+# Decoding limits: bigger images are refused before they are decoded.
+MAX_PIXELS: int = 60_000_000
+MIN_SIDE: int = 16
+
+WEIGHTS_FILE: str = "skin_model.safetensors"
+CARD_FILE: str = "model_card.json"

@@ -1,0 +1,144 @@
+"""Evaluate a model on a lesion-grouped split: single photos (also centre-cropped
+and zoomed, as users frame them), with and without patient context, and whole
+lesions read as sequences."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from .calibration import softmax
+from .constants import CLASSES
+from .data import Ham10000, split_lesions, table_metadata
+from .images import load_image
+from .metrics import classification_report
+from .model import SkinLesionNet
+from .presets import centre_crop, to_batch
+
+VARIANTS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "full": lambda img: img,
+    "centre_crop": lambda img: centre_crop(img, 1.0),
+    "zoom_0.6": lambda img: centre_crop(img, 0.6),
+}
+
+
+@torch.no_grad()
+def photo_outputs(model: SkinLesionNet, images: list[Image.Image], device: torch.device,
+                  meta: np.ndarray | None = None, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features and raw (uncalibrated) per-photo logits."""
+    feats, logits = [], []
+    for start in range(0, len(images), batch_size):
+        x = to_batch(images[start:start + batch_size]).to(device)
+        f = model.features(x)
+        m = None if meta is None else torch.as_tensor(meta[start:start + batch_size], device=device)
+        feats.append(f.float().cpu())
+        logits.append(model.photo_logits(f, m).float().cpu())
+    return torch.cat(feats).numpy(), torch.cat(logits).numpy()
+
+
+@torch.no_grad()
+def lesion_sequence_logits(model: SkinLesionNet, feats: np.ndarray, logits: np.ndarray,
+                           groups: list[np.ndarray], device: torch.device) -> np.ndarray:
+    """Raw sequence logits of each group of row indices (time order = row order)."""
+    out = []
+    for rows in groups:
+        f = torch.as_tensor(feats[rows], device=device)[None]
+        lg = torch.as_tensor(logits[rows], device=device)[None]
+        out.append(model.sequence_logits(f, lg)[0].float().cpu().numpy())
+    return np.stack(out) if out else np.zeros((0, len(CLASSES)), dtype=np.float32)
+
+
+def lesion_groups(table: pd.DataFrame, min_photos: int = 1) -> list[np.ndarray]:
+    """Positional row indices of each lesion's photos, in image_id order (HAM10000 has no dates)."""
+    positions = table.reset_index(drop=True)
+    groups = []
+    for _, rows in positions.sort_values("image_id").groupby("lesion_id", sort=True):
+        if len(rows) >= min_photos:
+            groups.append(rows.index.to_numpy())
+    return groups
+
+
+def calibrated_probs(model: SkinLesionNet, logits: np.ndarray, kind: str) -> np.ndarray:
+    t = float(getattr(model, f"{kind}_temperature"))
+    b = getattr(model, f"{kind}_bias").cpu().numpy()
+    return softmax(logits / t + b)
+
+
+def evaluate_split(model: SkinLesionNet, ham: Ham10000, split: str = "test", device: torch.device | None = None,
+                   seed: int = 0, limit: int | None = None) -> dict[str, Any]:
+    """Every figure of the model card for one split."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    table = ham.table.assign(split=split_lesions(ham.table, seed))
+    table = table[table.split == split].reset_index(drop=True)
+    if limit:
+        table = table.iloc[:limit].reset_index(drop=True)
+    labels = table.label.to_numpy()
+    photos = [load_image(p) for p in table.path]
+    meta = table_metadata(table)
+    report: dict[str, Any] = {"split": split, "n_photos": len(table), "n_lesions": int(table.lesion_id.nunique()),
+                              "single_photo": {}, "with_patient_context": {}}
+    base_feats = base_logits = None
+    for name, variant in VARIANTS.items():
+        imgs = [variant(p) for p in photos]
+        feats, logits = photo_outputs(model, imgs, device)
+        report["single_photo"][name] = classification_report(calibrated_probs(model, logits, "photo"), labels)
+        _, logits_meta = photo_outputs(model, imgs, device, meta=meta)
+        report["with_patient_context"][name] = classification_report(calibrated_probs(model, logits_meta, "photo"), labels)
+        if name == "full":
+            base_feats, base_logits = feats, logits
+    assert base_feats is not None and base_logits is not None
+    groups = lesion_groups(table, min_photos=2)
+    lesion_labels = np.array([labels[g[0]] for g in groups])
+    photo_probs = calibrated_probs(model, base_logits, "photo")
+    seq_probs = calibrated_probs(model, lesion_sequence_logits(model, base_feats, base_logits, groups, device), "sequence")
+    rows = np.concatenate(groups) if groups else np.zeros(0, dtype=int)
+    report["multi_photo_lesions"] = {
+        "n_lesions": len(groups),
+        "n_photos": int(len(rows)),
+        "single_photo": classification_report(photo_probs[rows], labels[rows]) if len(rows) else None,
+        "mean_of_photos": classification_report(np.stack([photo_probs[g].mean(0) for g in groups]), lesion_labels) if groups else None,
+        "sequence": classification_report(seq_probs, lesion_labels) if groups else None,
+    }
+    all_groups = lesion_groups(table, min_photos=1)
+    all_seq = calibrated_probs(model, lesion_sequence_logits(model, base_feats, base_logits, all_groups, device), "sequence")
+    report["per_lesion_sequence"] = classification_report(all_seq, np.array([labels[g[0]] for g in all_groups]))
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A readable summary of :func:`evaluate_split`'s output."""
+    keys = ("n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")
+    lines = [f"split={report['split']}  photos={report['n_photos']}  lesions={report['n_lesions']}", "",
+             f"{'view':40s}" + "".join(f"{k:>18s}" for k in keys)]
+
+    def row(name: str, r: dict[str, Any] | None) -> None:
+        if r is not None:
+            lines.append(f"{name:40s}" + "".join(f"{r[k]:>18d}" if k == "n" else f"{r[k]:>18.4f}" for k in keys))
+
+    for name, r in report["single_photo"].items():
+        row(f"single photo, {name}", r)
+    for name, r in report["with_patient_context"].items():
+        row(f"single photo + patient context, {name}", r)
+    row("per lesion (sequence), all lesions", report["per_lesion_sequence"])
+    multi = report["multi_photo_lesions"]
+    row("lesions with 2+ photos: each photo", multi["single_photo"])
+    row("lesions with 2+ photos: mean of photos", multi["mean_of_photos"])
+    row("lesions with 2+ photos: sequence (LSTM)", multi["sequence"])
+    full = report["single_photo"]["full"]
+    lines += ["", f"{'class':8s}{'recall':>10s}{'precision':>11s}{'auc':>8s}{'support':>9s}"]
+    for c, r in full["per_class"].items():
+        lines.append(f"{c:8s}{r['recall']:>10.3f}{r['precision']:>11.3f}{r['auc']:>8.3f}{r['support']:>9d}")
+    lines += ["", "confusion matrix (rows: truth, columns: prediction) " + " ".join(CLASSES)]
+    for c, r in zip(CLASSES, full["confusion_matrix"]):
+        lines.append(f"{c:8s}" + "".join(f"{v:>7d}" for v in r))
+    return "\n".join(lines)
+
+
+def to_json(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2)

@@ -1,0 +1,96 @@
+"""Grad-CAM heatmaps with the pytorch-grad-cam package.
+
+The explainer owns a private copy of the network, guarded by a lock: CAM hooks
+never touch the model that serves predictions, so concurrent sessions cannot see
+each other's activations, and every CAM is used as a context manager so its
+hooks are released after each call.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from .constants import CLASSES
+from .images import ImageSource, load_image
+from .predict import Predictor
+from .presets import to_batch
+
+METHODS: dict[str, type[BaseCAM]] = {
+    "Grad-CAM": GradCAM,
+    "Grad-CAM++": GradCAMPlusPlus,
+    "LayerCAM": LayerCAM,
+    "EigenCAM (gradient-free)": EigenCAM,
+}
+DEFAULT_METHOD = "Grad-CAM"
+
+
+@dataclass
+class Heatmap:
+    """A CAM in [0, 1] at the model's input resolution, for one target class."""
+
+    cam: np.ndarray
+    target: str
+    method: str
+
+    def resized(self, size: tuple[int, int]) -> np.ndarray:
+        """The CAM at (width, height), bilinear."""
+        img = Image.fromarray((self.cam * 255).astype(np.uint8)).resize(size, Image.BILINEAR)
+        return np.asarray(img, dtype=np.float32) / 255.0
+
+    def overlay(self, photo: Image.Image, opacity: float = 0.5) -> Image.Image:
+        """The photo with the heatmap blended on top (opacity 0 = photo only)."""
+        rgb = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
+        blended = show_cam_on_image(rgb, self.resized(photo.size), use_rgb=True,
+                                    image_weight=float(np.clip(1.0 - opacity, 0.0, 1.0)))
+        return Image.fromarray(blended)
+
+    def peak(self) -> tuple[float, float]:
+        """(x, y) of the hottest point, as fractions of width and height."""
+        y, x = np.unravel_index(int(np.argmax(self.cam)), self.cam.shape)
+        return (x + 0.5) / self.cam.shape[1], (y + 0.5) / self.cam.shape[0]
+
+
+class Explainer:
+    """Thread-safe heatmaps for a predictor's photo head."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self._model = copy.deepcopy(predictor.model).eval().requires_grad_(False)
+        self._lock = threading.Lock()
+
+    @property
+    def target_layer(self) -> torch.nn.Module:
+        return self._model.cam_layer
+
+    def heatmaps(self, images: list[ImageSource], targets: list[str | None] | None = None,
+                 method: str = DEFAULT_METHOD) -> list[Heatmap]:
+        """One heatmap per photo, for the given class codes (None: the predicted class)."""
+        if method not in METHODS:
+            raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}")
+        photos = [img if isinstance(img, Image.Image) else load_image(img) for img in images]
+        x = to_batch(photos).to(self.predictor.device).requires_grad_(True)
+        targets = targets or [None] * len(photos)
+        with self._lock:
+            with torch.no_grad():
+                predicted = self._model(x.detach()).argmax(1).tolist()
+            codes = [t if t is not None else CLASSES[p] for t, p in zip(targets, predicted)]
+            unknown = [c for c in codes if c not in CLASSES]
+            if unknown:
+                raise ValueError(f"unknown class {unknown[0]!r}")
+            with METHODS[method](model=self._model, target_layers=[self.target_layer]) as cam:
+                maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(CLASSES.index(c)) for c in codes])
+        return [Heatmap(cam=np.nan_to_num(m.astype(np.float32)), target=c, method=method)
+                for m, c in zip(maps, codes)]
+
+    def heatmap(self, image: ImageSource, target: str | None = None, method: str = DEFAULT_METHOD) -> Heatmap:
+        return self.heatmaps([image], [target], method)[0]

