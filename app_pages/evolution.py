@@ -36,7 +36,11 @@ for i, photo in enumerate(photos):
     photo.date = cols[i % len(cols)].date_input(photo.name, value=default, key=f"date_{photo.digest}_{i}")
 photos.sort(key=lambda p: (p.date, p.name))
 
-predictor = common.get_predictor()
+try:
+    predictor = common.get_predictor()
+except Exception as exc:  # weights missing or altered: say so instead of a traceback
+    st.error(f"The model could not be loaded: {exc}")
+    st.stop()
 prediction = predictor.predict([p.image for p in photos], sequence=True, **context)
 method, target, opacity = common.cam_controls("evolution")
 

@@ -96,12 +96,17 @@ st.caption(f"Ground truth: **{CLASS_NAMES[truth]} ({truth})**, confirmed by {row
            f"photos read in image-id order (HAM10000 has no dates).")
 photos = [common.decode(Path(p).name, Path(p).read_bytes()) for p in rows.path]
 first = rows.iloc[0]
-prediction = common.get_predictor().predict([p.image for p in photos], sequence=True)
+try:
+    predictor = common.get_predictor()
+except Exception as exc:  # weights missing or altered: say so instead of a traceback
+    st.error(f"The model could not be loaded: {exc}")
+    st.stop()
+prediction = predictor.predict([p.image for p in photos], sequence=True)
 left, right = st.columns([1, 2])
 with left:
     common.verdict(prediction.sequence, prediction)
-    context = common.get_predictor().predict([p.image for p in photos], sequence=True, age=first.age,
-                                             sex=first.sex, site=first.localization)
+    context = predictor.predict([p.image for p in photos], sequence=True, age=first.age,
+                                sex=first.sex, site=first.localization)
     code, p = context.top(context.sequence)
     st.caption(f"With the patient's age, sex and site: {CLASS_NAMES[code]} ({p:.0%})")
 right.plotly_chart(common.probability_chart(prediction.sequence, "Sequence prediction"), key="lesion_seq")

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from . import constants as C
@@ -69,8 +68,11 @@ def read_card(directory: str | Path | None = None) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load(directory: str | Path | None = None) -> tuple[SkinLesionNet, dict[str, Any]]:
-    """Verified load: the checksum and the card's constants must match before use."""
+def load(directory: str | Path | None = None, strict: bool = True) -> tuple[SkinLesionNet, dict[str, Any]]:
+    """Verified load: the checksum and the card's constants must match before use.
+
+    `strict=False` accepts weights that predate the out-of-distribution statistics
+    (only to refit them with `skin-model calibrate`)."""
     directory = Path(directory) if directory is not None else DEFAULT_WEIGHTS_DIR
     card = read_card(directory)
     weights = directory / card.get("weights_file", C.WEIGHTS_FILE)
@@ -87,10 +89,10 @@ def load(directory: str | Path | None = None) -> tuple[SkinLesionNet, dict[str, 
     if differing:
         raise WeightsError(f"model card disagrees with this code on: {', '.join(differing)}")
     model = SkinLesionNet(pretrained=False)
-    model.load_state_dict(load_file(str(weights)))
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    allowed = {"ood_means", "ood_precision"} if not strict else set()
+    if unexpected or set(missing) - allowed:
+        raise WeightsError(f"weights do not fit this model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
     model.eval()
     return model, card
 
-
-def state_to_device(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    return model.to(device)

@@ -35,12 +35,35 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif",
+                            ".dcm", ".dicom"})
+
+
+def _expand(paths: list[str]) -> tuple[list[str], list[str]]:
+    """Files as given; a folder becomes its images (by suffix, sorted by name). Returns (files, errors)."""
+    files, errors = [], []
+    for path in paths:
+        folder = Path(path)
+        if not folder.is_dir():
+            files.append(path)
+            continue
+        found = sorted(str(p) for p in folder.iterdir()
+                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            errors.append(f"{path}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        files += found
+    return files, errors
+
+
 def _predict(args: argparse.Namespace) -> int:
     from .images import ImageError, load_image
-    from .predict import load_predictor
+    from .predict import Prediction, load_predictor
 
-    photos, names, failed = [], [], False
-    for path in args.images:
+    paths, errors = _expand(args.images)
+    for message in errors:
+        print(f"skin-model: error: {message}", file=sys.stderr)
+    photos, names, failed = [], [], bool(errors)
+    for path in paths:
         try:
             photos.append(load_image(path, name=path))
             names.append(path)
@@ -53,10 +76,15 @@ def _predict(args: argparse.Namespace) -> int:
         context = {"age": args.age, "sex": args.sex, "site": args.site}
         if args.sequence:
             pred = predictor.predict(photos, sequence=True, **context)
-            probs, result["sequence"] = pred.photos, _entry(None, pred.sequence)
+            result["sequence"] = _entry(None, pred.sequence) if pred.sequence else None
         else:
-            probs = predictor.predict_each(photos, **context)
-        result["images"] = [_entry(n, p) for n, p in zip(names, probs)]
+            each = predictor.predict_each(photos, **context)
+            pred = each if isinstance(each, Prediction) else Prediction(
+                photos=list(each), sequence=None, inconclusive_below=predictor.inconclusive_below)
+        result["images"] = [_entry(n, p) for n, p in zip(names, pred.photos)]
+        _write_exports(args, predictor, pred, photos, names)
+    elif args.pdf or args.fhir or args.csv:
+        print("skin-model: error: no photo could be read, so no report was written", file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -65,6 +93,63 @@ def _predict(args: argparse.Namespace) -> int:
         if result["sequence"]:
             print(_line("sequence", result["sequence"]))
     return 2 if failed else 0
+
+
+def _write_exports(args: argparse.Namespace, predictor, pred, photos: list, names: list[str]) -> None:
+    """--csv, --pdf and --fhir files (the PDF, when made, is also attached to the FHIR report)."""
+    from .images import photo_date
+    from .report import photo_status
+
+    statuses = [photo_status(pred, i) for i in range(len(photos))]
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["file", "prediction", "class_name", "inconclusive", "status",
+                             *(f"p_{c}" for c in CLASSES)])
+            for name, probs, status in zip(names, pred.photos, statuses):
+                top = "" if status == "out_of_distribution" else max(probs, key=probs.__getitem__)
+                writer.writerow([name, top, CLASS_NAMES.get(top, ""), str(status == "inconclusive").lower(), status,
+                                 *(f"{probs[c]:.6f}" for c in CLASSES)])
+        print(f"skin-model: wrote {args.csv}", file=sys.stderr)
+    if not (args.pdf or args.fhir):
+        return
+    dates = [photo_date(n) for n in names]
+    labels = [Path(n).name for n in names]  # reports name the files, not the folders they came from
+    pdf = None
+    if args.pdf:
+        from .explain import Explainer
+        from .report import pdf_report
+
+        explainer = Explainer(predictor)
+        keep = [i for i, s in enumerate(statuses) if s != "out_of_distribution"]
+        overlays: list = [None] * len(photos)
+        for start in range(0, len(keep), 16):
+            chunk = keep[start:start + 16]
+            for i, heatmap in zip(chunk, explainer.heatmaps([photos[i] for i in chunk])):
+                overlays[i] = heatmap.overlay(photos[i])
+        pdf = pdf_report(pred, photos, labels, predictor.card, heatmaps=overlays, dates=dates)
+        Path(args.pdf).write_bytes(pdf)
+        print(f"skin-model: wrote {args.pdf}", file=sys.stderr)
+    if args.fhir:
+        from .fhir import diagnostic_report, to_json
+
+        bundle = diagnostic_report(pred, photos, labels, predictor.card, dates=dates, pdf=pdf)
+        Path(args.fhir).write_text(to_json(bundle), encoding="utf-8")
+        print(f"skin-model: wrote {args.fhir}", file=sys.stderr)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from .data import load_ham10000
+    from .fetch import fetch_ham10000
+
+    dest = fetch_ham10000(args.dest, base_url=args.base_url, masks=args.masks, keep_archives=args.keep_archives,
+                          progress=not args.quiet)
+    ham = load_ham10000(dest)
+    print(f"HAM10000 is ready in {dest}: {len(ham.table)} photos of {ham.table.lesion_id.nunique()} lesions "
+          f"(licence CC BY-NC 4.0; cite Tschandl et al., Sci. Data 5, 180161, 2018)")
+    return 0
 
 
 def _entry(name: str | None, probs: dict[str, float]) -> dict:
@@ -91,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         default = getattr(defaults, f.name)
-        kind = type(default) if default is not None else (int if f.name == "limit" else str)
+        # Optional fields (default None) take their type from the annotation, e.g. "float | None".
+        kind = type(default) if default is not None else {"int | None": int, "float | None": float}.get(str(f.type), str)
         train.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default)
     train.set_defaults(func=_train)
 
@@ -107,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_evaluate)
 
     pr = sub.add_parser("predict", help="class probabilities of photos")
-    pr.add_argument("images", nargs="+")
+    pr.add_argument("images", nargs="+", help="photos (JPEG, PNG, DICOM, ...) or folders of them")
     pr.add_argument("--sequence", action="store_true", help="read the files as one lesion's photos, in order")
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--weights")
@@ -115,7 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--age", type=float)
     pr.add_argument("--sex", choices=("male", "female"))
     pr.add_argument("--site", help="body site, e.g. back, face, lower extremity")
+    pr.add_argument("--csv", metavar="FILE", help="also write one CSV row per photo (prediction, probabilities)")
+    pr.add_argument("--pdf", metavar="FILE", help="also write a PDF report with Grad-CAM heatmaps")
+    pr.add_argument("--fhir", metavar="FILE", help="also write a FHIR R4 (R4B) Bundle with a DiagnosticReport, as JSON")
     pr.set_defaults(func=_predict)
+
+    from .fetch import DATAVERSE_URL
+
+    fe = sub.add_parser("fetch-ham10000", help="download HAM10000 from Harvard Dataverse (doi:10.7910/DVN/DBW86T)")
+    fe.add_argument("dest", help="folder to fill (then use it as --data or $HAM10000_DIR)")
+    fe.add_argument("--base-url", default=DATAVERSE_URL, help=f"Dataverse server (default: {DATAVERSE_URL})")
+    fe.add_argument("--masks", action="store_true", help="also fetch the lesion segmentation masks")
+    fe.add_argument("--keep-archives", action="store_true", help="keep the zip files after unpacking")
+    fe.add_argument("--quiet", action="store_true", help="no progress bars")
+    fe.set_defaults(func=_fetch)
     return parser
 
 
@@ -123,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         print(f"skin-model: error: {exc}", file=sys.stderr)
         return 1
 

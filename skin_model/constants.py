@@ -19,6 +19,12 @@ CLASS_NAMES: dict[str, str] = {
 }
 MALIGNANT: frozenset[str] = frozenset({"akiec", "bcc", "mel"})
 
+# Shown by the app and printed on every report and export.
+DISCLAIMER: str = (
+    "Research demo, not a medical device. It has not been clinically validated and must not be used "
+    "to diagnose, treat or rule out skin cancer. See a dermatologist about any lesion that worries you."
+)
+
 # EfficientNet-Lite was trained on ImageNet with inputs scaled to [-1, 1].
 MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 STD: tuple[float, float, float] = (0.5, 0.5, 0.5)

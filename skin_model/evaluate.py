@@ -5,18 +5,20 @@ lesions read as sequences."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 
+from . import abstain, ood_set
 from .calibration import softmax
 from .constants import CLASSES
 from .data import Ham10000, split_lesions, table_metadata
 from .images import load_image
-from .metrics import classification_report
+from .metrics import auc_ovr, classification_report, reliability
 from .model import SkinLesionNet
 from .presets import centre_crop, to_batch
 
@@ -69,15 +71,92 @@ def calibrated_probs(model: SkinLesionNet, logits: np.ndarray, kind: str) -> np.
     return softmax(logits / t + b)
 
 
+def split_table(ham: Ham10000, split: str, seed: int = 0, limit: int | None = None) -> pd.DataFrame:
+    table = ham.table.assign(split=split_lesions(ham.table, seed))
+    table = table[table.split == split].reset_index(drop=True)
+    return table.iloc[:limit].reset_index(drop=True) if limit else table
+
+
+def ood_scores(model: SkinLesionNet, card: dict[str, Any], photos: list[Image.Image], device: torch.device,
+               batch_size: int = 64) -> tuple[np.ndarray, list[str | None]]:
+    """Out-of-distribution score (> 1 rejects) and reason of each photo, as the predictor decides."""
+    from .predict import Predictor
+
+    checker = Predictor(model, card, device)
+    scores, reasons = [], []
+    for start in range(0, len(photos), batch_size):
+        chunk = photos[start:start + batch_size]
+        with torch.no_grad():
+            feats = model.features(to_batch(chunk).to(device))
+        for v in checker.check(chunk, feats):
+            scores.append(v.score)
+            reasons.append(v.reason)
+    return np.array(scores), reasons
+
+
+def evaluate_ood(model: SkinLesionNet, card: dict[str, Any], ham: Ham10000, split: str = "test",
+                 device: torch.device | None = None, seed: int = 0, limit: int | None = None) -> dict[str, Any]:
+    """AUROC between real photos of the split and the offline OOD set, and rejection rates."""
+    device = device or next(model.parameters()).device
+    table = split_table(ham, split, seed, limit)
+    photos = [load_image(p) for p in table.path]
+    outliers = ood_set.build(photos, seed=seed)
+    real, _ = ood_scores(model, card, photos, device)
+    fake, reasons = ood_scores(model, card, [img for _, img in outliers], device)
+    labels = np.r_[np.zeros(len(real)), np.ones(len(fake))]
+    kinds: dict[str, list[bool]] = {}
+    for (name, _), score in zip(outliers, fake):
+        kinds.setdefault(name.split(":")[0], []).append(bool(score > 1))
+    variants = {}
+    for name, variant in VARIANTS.items():
+        scores, _ = ood_scores(model, card, [variant(p) for p in photos], device)
+        variants[name] = float((scores > 1).mean())
+    return {
+        "n_real": len(real), "n_outliers": len(fake),
+        "auroc": auc_ovr(labels.astype(int), np.r_[real, fake]),
+        "real_wrongly_rejected": variants,
+        "outliers_rejected": float((fake > 1).mean()),
+        "outliers_rejected_by_kind": {k: float(np.mean(v)) for k, v in kinds.items()},
+        "outlier_reasons": {r or "accepted": reasons.count(r) for r in set(reasons)},
+    }
+
+
+def evaluate_heatmaps(predictor: Any, ham: Ham10000, split: str = "test", seed: int = 0, limit: int | None = 300,
+                      methods: list[str] | None = None) -> dict[str, Any]:
+    """Pointing game (heatmap peak inside the lesion mask) and share of heatmap energy
+    inside the mask, for each CAM method, on photos of the split that have masks."""
+    from .explain import METHODS, Explainer
+
+    table = split_table(ham, split, seed)
+    table = table[table.mask_path.notna()].reset_index(drop=True)
+    if limit:
+        table = table.sample(n=min(limit, len(table)), random_state=seed).reset_index(drop=True)
+    if table.empty:
+        return {"n": 0}
+    explainer = Explainer(predictor)
+    photos = [load_image(p) for p in table.path]
+    masks = [np.asarray(Image.open(p).convert("L").resize(photo.size)) >= 128
+             for p, photo in zip(table.mask_path, photos)]
+    out: dict[str, Any] = {"n": len(photos), "lesion_share_of_frame": float(np.mean([m.mean() for m in masks]))}
+    for method in methods or list(METHODS):
+        hits, energy = [], []
+        for start in range(0, len(photos), 16):
+            heats = explainer.heatmaps(photos[start:start + 16], method=method)
+            for heat, photo, mask in zip(heats, photos[start:start + 16], masks[start:start + 16]):
+                cam = heat.resized(photo.size)
+                y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+                hits.append(bool(mask[y, x]))
+                energy.append(float(cam[mask].sum() / max(cam.sum(), 1e-9)))
+        out[method] = {"pointing_game": float(np.mean(hits)), "energy_inside_mask": float(np.mean(energy))}
+    return out
+
+
 def evaluate_split(model: SkinLesionNet, ham: Ham10000, split: str = "test", device: torch.device | None = None,
-                   seed: int = 0, limit: int | None = None) -> dict[str, Any]:
+                   seed: int = 0, limit: int | None = None, card: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every figure of the model card for one split."""
     device = device or next(model.parameters()).device
     model.eval()
-    table = ham.table.assign(split=split_lesions(ham.table, seed))
-    table = table[table.split == split].reset_index(drop=True)
-    if limit:
-        table = table.iloc[:limit].reset_index(drop=True)
+    table = split_table(ham, split, seed, limit)
     labels = table.label.to_numpy()
     photos = [load_image(p) for p in table.path]
     meta = table_metadata(table)
@@ -108,6 +187,10 @@ def evaluate_split(model: SkinLesionNet, ham: Ham10000, split: str = "test", dev
     all_groups = lesion_groups(table, min_photos=1)
     all_seq = calibrated_probs(model, lesion_sequence_logits(model, base_feats, base_logits, all_groups, device), "sequence")
     report["per_lesion_sequence"] = classification_report(all_seq, np.array([labels[g[0]] for g in all_groups]))
+    report["reliability"] = reliability(photo_probs, labels)
+    if card and "inconclusive_below" in card:
+        report["abstention"] = {**abstain.answered_report(photo_probs, labels, card["inconclusive_below"]),
+                                "risk_coverage": abstain.risk_coverage(photo_probs, labels)}
     return report
 
 
@@ -130,6 +213,10 @@ def format_table(report: dict[str, Any]) -> str:
     row("lesions with 2+ photos: each photo", multi["single_photo"])
     row("lesions with 2+ photos: mean of photos", multi["mean_of_photos"])
     row("lesions with 2+ photos: sequence (LSTM)", multi["sequence"])
+    if "abstention" in report:
+        a = report["abstention"]
+        lines += ["", f"inconclusive below {a['threshold']:.3f}: answers {a['coverage']:.1%} of photos, balanced "
+                      f"accuracy {a['balanced_accuracy_answered']:.4f}, accuracy {a['accuracy_answered']:.4f} on those"]
     full = report["single_photo"]["full"]
     lines += ["", f"{'class':8s}{'recall':>10s}{'precision':>11s}{'auc':>8s}{'support':>9s}"]
     for c, r in full["per_class"].items():

@@ -12,12 +12,12 @@ import copy
 import threading
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
 from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from .constants import CLASSES
@@ -50,9 +50,13 @@ class Heatmap:
     def overlay(self, photo: Image.Image, opacity: float = 0.5) -> Image.Image:
         """The photo with the heatmap blended on top (opacity 0 = photo only)."""
         rgb = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
-        blended = show_cam_on_image(rgb, self.resized(photo.size), use_rgb=True,
-                                    image_weight=float(np.clip(1.0 - opacity, 0.0, 1.0)))
-        return Image.fromarray(blended)
+        # Blend here rather than with show_cam_on_image, which divides the result by its
+        # maximum and so brightens the photo (a dark photo about 2x, even at opacity 0).
+        heat = cv2.applyColorMap(np.uint8(255 * self.resized(photo.size)), cv2.COLORMAP_JET)
+        heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+        alpha = float(np.clip(opacity, 0.0, 1.0))
+        blended = (1.0 - alpha) * rgb + alpha * heat
+        return Image.fromarray(np.round(255.0 * blended).astype(np.uint8))
 
     def peak(self) -> tuple[float, float]:
         """(x, y) of the hottest point, as fractions of width and height."""

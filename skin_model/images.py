@@ -12,13 +12,13 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .constants import MAX_PIXELS, MIN_SIDE
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image]
+ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image
 
 
 class ImageError(ValueError):
@@ -65,6 +65,10 @@ def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
         data = _read_bytes(source)
         if not data:
             raise ImageError(f"{label}: the file is empty")
+        if data[128:132] == b"DICM":  # DICOM (dermoscopy from a PACS): decoded by pydicom
+            from .dicom import decode
+
+            return _checked_size(decode(data, label), label).convert("RGB")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -89,18 +93,31 @@ def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
         img = ImageOps.exif_transpose(img) or img
     except Exception:  # a broken EXIF block must not lose an otherwise fine photo
         pass
+    return _to_rgb(_checked_size(img, label))
+
+
+def _checked_size(img: Image.Image, label: str) -> Image.Image:
     if min(img.size) < MIN_SIDE:
         raise ImageError(
             f"{label}: the image is too small ({img.size[0]}x{img.size[1]} pixels; "
             f"each side needs at least {MIN_SIDE})"
         )
-    return _to_rgb(img)
+    return img
 
 
 def photo_date(source: ImageSource) -> datetime.date | None:
-    """The date the photo was taken (EXIF DateTimeOriginal, else DateTime), if recorded."""
+    """The date the photo was taken (EXIF DateTimeOriginal, else DateTime; for DICOM the
+    acquisition or content date), if recorded."""
     try:
-        img = source if isinstance(source, Image.Image) else Image.open(io.BytesIO(_read_bytes(source)))
+        if isinstance(source, Image.Image):
+            img = source
+        else:
+            data = _read_bytes(source)
+            if data[128:132] == b"DICM":
+                from .dicom import dicom_date
+
+                return dicom_date(data)
+            img = Image.open(io.BytesIO(data))
         exif = img.getexif()
         raw = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
         if not raw:

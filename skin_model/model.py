@@ -61,6 +61,9 @@ class SkinLesionNet(nn.Module):
         self.register_buffer("photo_temperature", torch.ones(()))
         self.register_buffer("sequence_bias", torch.zeros(n))
         self.register_buffer("sequence_temperature", torch.ones(()))
+        # Out-of-distribution statistics of the encoder's features (see ood.py).
+        self.register_buffer("ood_means", torch.zeros(n, FEATURE_DIM))
+        self.register_buffer("ood_precision", torch.eye(FEATURE_DIM))
 
     @property
     def cam_layer(self) -> nn.Module:

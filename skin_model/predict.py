@@ -7,15 +7,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from . import checkpoint
+from . import checkpoint, ood
 from .constants import CLASSES, MAX_SEQUENCE
 from .data import encode_metadata
 from .devices import describe, select_device
@@ -33,6 +34,7 @@ class Prediction:
     photos: list[dict[str, float]]
     sequence: dict[str, float] | None
     inconclusive_below: float = DEFAULT_INCONCLUSIVE_BELOW
+    ood: list[ood.OODVerdict | None] = field(default_factory=list)
     classes: tuple[str, ...] = field(default=CLASSES)
 
     @staticmethod
@@ -44,9 +46,21 @@ class Prediction:
         """True when the top class is below the confidence threshold chosen for the model."""
         return self.top(probs)[1] < self.inconclusive_below
 
+    def rejected(self, i: int) -> str | None:
+        """Why photo i gets no diagnosis (not a dermatoscopic photo, blurred, ...), or None."""
+        verdict = self.ood[i] if i < len(self.ood) else None
+        return verdict.message if verdict is not None and verdict.rejected else None
+
+    def status(self, i: int) -> str:
+        """"out_of_distribution", "inconclusive" or "answered" for photo i."""
+        if self.rejected(i):
+            return "out_of_distribution"
+        return "inconclusive" if self.is_inconclusive(self.photos[i]) else "answered"
+
     def to_dict(self) -> dict[str, Any]:
         return {"classes": list(self.classes), "photos": self.photos, "sequence": self.sequence,
-                "inconclusive_below": self.inconclusive_below}
+                "inconclusive_below": self.inconclusive_below,
+                "status": [self.status(i) for i in range(len(self.photos))]}
 
 
 def _probs(logits: torch.Tensor) -> list[dict[str, float]]:
@@ -76,37 +90,45 @@ class Predictor:
         vec = encode_metadata(age, sex, site)
         return torch.as_tensor(np.repeat(vec[None], n, axis=0), device=self.device)
 
-    def tensors(self, images: Sequence[ImageSource]) -> torch.Tensor:
-        photos = [img if isinstance(img, Image.Image) and img.mode == "RGB" else load_image(img) for img in images]
-        return to_batch(photos).to(self.device)
-
     @torch.no_grad()
     def predict(self, images: Sequence[ImageSource], age: float | None = None, sex: str | None = None,
                 site: str | None = None, sequence: bool | None = None) -> Prediction:
         """Score photos given in time order.
 
-        Each photo gets its own probabilities; with two or more photos (or
-        `sequence=True`) the last MAX_SEQUENCE photos are also read as one lesion.
+        Each photo gets its own probabilities and out-of-distribution verdict; with
+        two or more photos (or `sequence=True`) the last MAX_SEQUENCE photos that
+        passed the check are also read as one lesion.
         """
         if not images:
             raise ValueError("no photos given")
-        x = self.tensors(images)
-        meta = self._meta(len(images), age, sex, site)
+        pil = [img if isinstance(img, Image.Image) and img.mode == "RGB" else load_image(img) for img in images]
+        x = to_batch(pil).to(self.device)
+        meta = self._meta(len(pil), age, sex, site)
         feats = self.model.features(x)
         raw = self.model.photo_logits(feats, meta)
         photos = _probs(self.model.calibrated(raw, "photo"))
+        verdicts = self.check(pil, feats)
+        accepted = [i for i, v in enumerate(verdicts) if v is None or not v.rejected][-MAX_SEQUENCE:]
         seq = None
-        if sequence or (sequence is None and len(images) > 1):
-            f, r = feats[-MAX_SEQUENCE:], raw[-MAX_SEQUENCE:]
+        if accepted and (sequence or (sequence is None and len(pil) > 1)):
+            f, r = feats[accepted], raw[accepted]
             seq = _probs(self.model.calibrated(self.model.sequence_logits(f[None], r[None]), "sequence"))[0]
-        return Prediction(photos=photos, sequence=seq, inconclusive_below=self.inconclusive_below)
+        return Prediction(photos=photos, sequence=seq, inconclusive_below=self.inconclusive_below, ood=verdicts)
 
-    def predict_each(self, images: Sequence[ImageSource], batch_size: int = 32, **context: Any) -> list[dict[str, float]]:
-        """Score unrelated photos independently, in batches."""
-        out: list[dict[str, float]] = []
-        for start in range(0, len(images), batch_size):
-            out += self.predict(images[start:start + batch_size], sequence=False, **context).photos
-        return out
+    def check(self, photos: list[Image.Image], feats: torch.Tensor) -> list[ood.OODVerdict | None]:
+        """The out-of-distribution verdict of each photo (None when the weights carry no OOD fit)."""
+        thresholds = self.card.get("ood")
+        if not thresholds:
+            return [None] * len(photos)
+        dist = ood.mahalanobis(feats, self.model.ood_means, self.model.ood_precision).cpu().tolist()
+        return [ood.verdict(ood.quality(p), d, thresholds) for p, d in zip(photos, dist)]
+
+    def predict_each(self, images: Sequence[ImageSource], batch_size: int = 32, **context: Any) -> Prediction:
+        """Score unrelated photos independently, in batches (no sequence)."""
+        parts = [self.predict(images[start:start + batch_size], sequence=False, **context)
+                 for start in range(0, len(images), batch_size)]
+        return Prediction(photos=[p for part in parts for p in part.photos], sequence=None,
+                          inconclusive_below=self.inconclusive_below, ood=[v for part in parts for v in part.ood])
 
 
 def load_predictor(weights: str | Path | None = None, device: str | torch.device | None = None) -> Predictor:

@@ -25,14 +25,14 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from . import checkpoint
-from .calibration import fit_calibration
+from . import checkpoint, trust
 from .constants import CLASSES, IMAGE_SIZE, MAX_SEQUENCE
-from .data import load_ham10000, split_lesions, table_metadata
+from .data import Ham10000, load_ham10000, split_lesions, table_metadata
 from .devices import describe, select_device
-from .evaluate import evaluate_split, lesion_groups, lesion_sequence_logits
+from .evaluate import evaluate_heatmaps, evaluate_ood, evaluate_split, lesion_groups
 from .metrics import classification_report
 from .model import SkinLesionNet
+from .predict import Predictor
 from .presets import eval_transform, train_transform
 
 
@@ -53,6 +53,7 @@ class TrainConfig:
     workers: int = 2
     limit: int | None = None
     device: str | None = None
+    time_budget_min: float | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -111,6 +112,33 @@ def _features(model: SkinLesionNet, photos: list[torch.Tensor], transform: v2.Co
     return torch.cat(out).numpy()
 
 
+class Schedule:
+    """Warm-up then cosine decay over steps, or over wall-clock time when a budget is set
+    (CPU training: the run ends on time, with a fully decayed learning rate)."""
+
+    def __init__(self, lr: float, total_steps: int, budget_min: float | None, warmup: float = 0.05) -> None:
+        self.lr, self.total, self.warmup = lr, max(1, total_steps), warmup
+        self.budget = budget_min * 60 if budget_min else None
+        self.start, self.steps, self.done = time.time(), 0, False
+
+    @property
+    def progress(self) -> float:
+        p = self.steps / self.total
+        if self.budget:
+            p = max(p, (time.time() - self.start) / self.budget)
+        return min(p, 1.0)
+
+    def step(self, opt: torch.optim.Optimizer) -> bool:
+        """Set the next learning rate; True when training should stop."""
+        self.steps += 1
+        p = self.progress
+        factor = p / self.warmup if p < self.warmup else 0.5 * (1 + np.cos(np.pi * (p - self.warmup) / (1 - self.warmup)))
+        for group in opt.param_groups:
+            group["lr"] = self.lr * max(factor, 0.01)
+        self.done = p >= 1.0
+        return self.done
+
+
 def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: list[torch.Tensor], labels: np.ndarray,
                   val_photos: list[torch.Tensor], val_labels: np.ndarray, device: torch.device) -> dict[str, Any]:
     """Stage 1: fine-tune encoder + photo head; keep the epoch with the best validation balanced accuracy."""
@@ -123,9 +151,8 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: list[torch.Ten
                         num_workers=cfg.workers, drop_last=len(labels) > cfg.batch_size,
                         persistent_workers=cfg.workers > 0)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * len(loader)),
-                                                pct_start=0.15)
+    opt = torch.optim.AdamW(params, lr=cfg.lr * 0.01, weight_decay=cfg.weight_decay)
+    schedule = Schedule(cfg.lr, cfg.epochs * len(loader), cfg.time_budget_min)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     best: dict[str, Any] = {"balanced_accuracy": -1.0}
     history = []
@@ -142,20 +169,23 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: list[torch.Ten
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             total += loss.item()
             bar.set_postfix(loss=f"{total / step:.3f}")
+            if schedule.step(opt):
+                break
         feats = _features(model, val_photos, _tensor_eval_transform(), device, cfg.batch_size, cfg.workers)
         with torch.no_grad():
             logits = model.photo_logits(torch.as_tensor(feats, device=device)).float().cpu()
         rep = classification_report(logits.softmax(1).numpy(), val_labels)
-        history.append({"epoch": epoch + 1, "loss": total / max(1, len(loader)),
+        history.append({"epoch": epoch + 1, "steps": schedule.steps, "loss": total / max(1, len(loader)),
                         "val_balanced_accuracy": rep["balanced_accuracy"], "val_accuracy": rep["accuracy"]})
         tqdm.write(f"epoch {epoch + 1}: loss {total / max(1, len(loader)):.4f} val bal-acc "
                    f"{rep['balanced_accuracy']:.4f} acc {rep['accuracy']:.4f}")
         if rep["balanced_accuracy"] > best["balanced_accuracy"]:
             best = {"balanced_accuracy": rep["balanced_accuracy"], "epoch": epoch + 1,
                     "state": copy.deepcopy(model.state_dict())}
+        if schedule.done:
+            break
     model.load_state_dict(best.pop("state"))
     model.requires_grad_(True)
     return {"history": history, "best_epoch": best["epoch"]}
@@ -214,23 +244,6 @@ def train_sequence(model: SkinLesionNet, cfg: TrainConfig, feats: np.ndarray, la
     return {"steps": cfg.sequence_steps, "final_loss": total / max(1, cfg.sequence_steps)}
 
 
-def calibrate(model: SkinLesionNet, val_feats: np.ndarray, val_labels: np.ndarray, val_groups: list[np.ndarray],
-              class_counts: np.ndarray, device: torch.device) -> dict[str, Any]:
-    """Fit bias and temperature of both heads on validation and store them in the model."""
-    with torch.no_grad():
-        logits = model.photo_logits(torch.as_tensor(val_feats, device=device)).float().cpu().numpy()
-    photo = fit_calibration(logits, val_labels, class_counts)
-    seq_logits = lesion_sequence_logits(model, val_feats, logits, val_groups, device)
-    seq_labels = np.array([val_labels[g[0]] for g in val_groups])
-    lesion_counts = np.bincount(seq_labels, minlength=len(CLASSES))
-    seq = fit_calibration(seq_logits, seq_labels, lesion_counts)
-    for kind, fit in (("photo", photo), ("sequence", seq)):
-        getattr(model, f"{kind}_bias").copy_(torch.as_tensor(fit["bias"]))
-        getattr(model, f"{kind}_temperature").fill_(float(fit["temperature"]))
-    clean = lambda fit: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in fit.items()}  # noqa: E731
-    return {"photo": clean(photo), "sequence": clean(seq)}
-
-
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (CUDA), {platform.processor() or platform.machine()}"
@@ -261,23 +274,36 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         views.append(_features(model, photos, train_transform(), device, cfg.batch_size, cfg.workers))
     stage2 = train_sequence(model, cfg, np.stack(views), labels, table_metadata(train_t),
                             lesion_groups(train_t), device)
-    val_feats = _features(model, val_photos, _tensor_eval_transform(), device, cfg.batch_size, cfg.workers)
-    counts = np.bincount(labels, minlength=len(CLASSES))
-    calib = calibrate(model, val_feats, val_labels, lesion_groups(val_t), counts, device)
-    train_seconds = time.time() - start
+    training = {"config": asdict(cfg), "stage1": stage1, "stage2": stage2, "hardware": hardware(),
+                "device": describe(device), "torch": torch.__version__, "stage1_seconds": round(t1, 1),
+                "seconds": round(time.time() - start, 1)}
+    return finish(model, ham, training, Path(cfg.out), device, seed=cfg.seed, limit=cfg.limit)
 
-    metrics = evaluate_split(model, ham, "test", device, seed=cfg.seed, limit=cfg.limit)
+
+def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: Path, device: torch.device,
+           seed: int = 0, limit: int | None = None, heatmap_photos: int = 200) -> dict[str, Any]:
+    """Fit the trust layer on validation, evaluate on test, write weights and card."""
+    start = time.time()
+    trust_card = trust.fit(model, ham, device, seed=seed, limit=limit)
+    training = {**training, "trust_seconds": round(time.time() - start, 1),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    card = {"inconclusive_below": trust_card["inconclusive_below"], "ood": trust_card["ood"]}
+    metrics = evaluate_split(model, ham, "test", device, seed=seed, limit=limit, card=card)
+    metrics["ood"] = evaluate_ood(model, card, ham, "test", device, seed=seed, limit=limit)
+    metrics["heatmaps"] = evaluate_heatmaps(Predictor(model, card, device), ham, "test", seed=seed,
+                                            limit=min(heatmap_photos, limit or heatmap_photos))
+    train_t = ham.table.assign(split=split_lesions(ham.table, seed))
+    counts = train_t.split.value_counts().to_dict()
     card = {
         "name": "skin-model CNN-LSTM",
         "architecture": "EfficientNet-Lite0 (ImageNet) encoder -> per-photo head; LSTM(256) over the "
                         "time-ordered photos of one lesion -> sequence head (mean of photo logits + LSTM "
                         "correction); optional patient context (age, sex, site) as an additive head",
-        "training": {"config": asdict(cfg), "stage1": stage1, "stage2": stage2, "calibration": calib,
-                     "hardware": hardware(), "device": describe(device), "torch": torch.__version__,
-                     "seconds": round(train_seconds, 1), "stage1_seconds": round(t1, 1),
-                     "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "training": {**training, "calibration": trust_card["calibration"]},
+        **card,
+        "abstention": trust_card["abstention"],
         "data": {"dataset": "HAM10000", "metadata_md5": ham.fingerprint, "split": "lesion-grouped, stratified by dx, "
-                 f"70/15/15, seed {cfg.seed}", "train_photos": len(train_t), "val_photos": len(val_t),
+                 f"70/15/15, seed {seed}", "train_photos": counts.get("train", 0), "val_photos": counts.get("val", 0),
                  "test_photos": metrics["n_photos"],
                  "citation": "Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large collection of "
                              "multi-source dermatoscopic images of common pigmented skin lesions. Sci. Data 5, "
@@ -285,5 +311,5 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                  "licence": "CC BY-NC 4.0 (academic, non-commercial use, with attribution)"},
         "metrics": metrics,
     }
-    checkpoint.save(model.cpu(), Path(cfg.out), card)
-    return checkpoint.read_card(Path(cfg.out))
+    checkpoint.save(model.cpu(), out, card)
+    return checkpoint.read_card(out)

@@ -1,0 +1,105 @@
+"""skin_model.checkpoint: verified save/load of the weights and their model card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from skin_model import checkpoint
+from skin_model.checkpoint import WeightsError
+from skin_model.constants import CARD_FILE, CLASSES, WEIGHTS_FILE
+from skin_model.model import SkinLesionNet
+
+
+@pytest.fixture
+def saved(tmp_path: Path, tiny_weights: Path) -> Path:
+    """A private copy of the tiny weights, free to damage."""
+    return Path(shutil.copytree(tiny_weights, tmp_path / "weights"))
+
+
+def _card(directory: Path) -> dict:
+    return json.loads((directory / CARD_FILE).read_text())
+
+
+def test_round_trip_gives_identical_outputs(tmp_path: Path, tiny_model: SkinLesionNet, lesion_photo) -> None:
+    from skin_model.presets import to_batch
+
+    with torch.no_grad():
+        tiny_model.photo_temperature.fill_(1.7)
+        tiny_model.sequence_bias.copy_(torch.linspace(-1, 1, len(CLASSES)))
+    weights = checkpoint.save(tiny_model, tmp_path / "out", card={"name": "round trip", "extra": [1, 2]})
+    assert weights == tmp_path / "out" / WEIGHTS_FILE and weights.is_file()
+
+    loaded, card = checkpoint.load(tmp_path / "out")
+    assert not loaded.training
+    assert card["name"] == "round trip" and card["extra"] == [1, 2]
+    x = to_batch([lesion_photo(), lesion_photo(centre=(0.3, 0.3), seed=1)])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), tiny_model(x))
+        for a, b in zip(loaded.forward_sequence(x), tiny_model.forward_sequence(x)):
+            assert torch.equal(a, b)
+    assert float(loaded.photo_temperature) == pytest.approx(1.7)
+    for key, value in tiny_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_card_records_checksum_and_constants(tiny_weights: Path) -> None:
+    card = _card(tiny_weights)
+    assert card["sha256"] == checkpoint.sha256(tiny_weights / WEIGHTS_FILE)
+    assert card["size_bytes"] == (tiny_weights / WEIGHTS_FILE).stat().st_size
+    assert card["weights_file"] == WEIGHTS_FILE
+    for key, value in checkpoint.card_constants().items():
+        assert card[key] == value, key
+    assert checkpoint.read_card(tiny_weights) == card
+
+
+def test_flipped_byte_is_refused(saved: Path) -> None:
+    weights = saved / WEIGHTS_FILE
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match="checksum"):
+        checkpoint.load(saved)
+
+
+def test_card_with_other_classes_is_refused(saved: Path) -> None:
+    card = _card(saved)
+    card["classes"] = list(reversed(card["classes"]))
+    (saved / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="disagrees with this code on: classes"):
+        checkpoint.load(saved)
+
+
+def test_card_with_other_image_size_is_refused(saved: Path) -> None:
+    card = _card(saved)
+    card["image_size"] = 224
+    card["mean"] = [0.485, 0.456, 0.406]
+    (saved / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="mean, .*image_size"):
+        checkpoint.load(saved)
+
+
+def test_missing_card(saved: Path) -> None:
+    (saved / CARD_FILE).unlink()
+    with pytest.raises(WeightsError, match="model card not found"):
+        checkpoint.load(saved)
+
+
+def test_missing_weights_file(saved: Path) -> None:
+    (saved / WEIGHTS_FILE).unlink()
+    with pytest.raises(WeightsError, match="weights file not found"):
+        checkpoint.load(saved)
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="model card not found"):
+        checkpoint.load(tmp_path / "nothing here")
+
+
+def test_weights_error_is_a_runtime_error() -> None:
+    # the CLI turns RuntimeError into a one-line message instead of a traceback
+    assert issubclass(WeightsError, RuntimeError)

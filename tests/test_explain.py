@@ -1,0 +1,126 @@
+"""skin_model.explain: Grad-CAM heatmaps on the tiny test weights, hooks released, overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skin_model.constants import CLASSES, IMAGE_SIZE
+from skin_model.explain import METHODS, Explainer, Heatmap
+from skin_model.predict import Predictor, load_predictor
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_weights: Path) -> Predictor:
+    return load_predictor(tiny_weights, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def explainer(predictor: Predictor) -> Explainer:
+    return Explainer(predictor)
+
+
+@pytest.fixture
+def photo(lesion_photo) -> Image.Image:
+    return lesion_photo(centre=(0.3, 0.6), radii=(0.12, 0.15))
+
+
+def _hooks(model: torch.nn.Module) -> list[str]:
+    return [name for name, m in model.named_modules()
+            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_heatmap_for_each_method(explainer: Explainer, predictor: Predictor, photo: Image.Image,
+                                 method: str) -> None:
+    heat = explainer.heatmap(photo, method=method)
+    assert isinstance(heat, Heatmap) and heat.method == method
+    assert heat.cam.shape == (IMAGE_SIZE, IMAGE_SIZE)
+    assert heat.cam.dtype == np.float32 and np.isfinite(heat.cam).all()
+    assert heat.cam.min() >= 0.0 and heat.cam.max() <= 1.0
+    assert heat.cam.max() > heat.cam.min()  # a map, not a constant
+    # without a target the predicted class is explained
+    assert heat.target == predictor.predict([photo]).top(predictor.predict([photo]).photos[0])[0]
+    # hooks are released: neither the explainer's copy nor the serving model keeps any
+    assert _hooks(explainer._model) == []
+    assert _hooks(predictor.model) == []
+    x, y = heat.peak()
+    assert 0.0 < x < 1.0 and 0.0 < y < 1.0
+
+
+def test_explainer_uses_a_private_copy(explainer: Explainer, predictor: Predictor) -> None:
+    assert explainer._model is not predictor.model
+    assert explainer.target_layer is explainer._model.cam_layer
+    assert explainer.target_layer not in set(predictor.model.modules())
+    for (name, a), b in zip(explainer._model.state_dict().items(), predictor.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_serving_model_unchanged_by_cam(explainer: Explainer, predictor: Predictor, photo: Image.Image) -> None:
+    before = predictor.predict([photo]).photos[0]
+    explainer.heatmap(photo)
+    assert predictor.predict([photo]).photos[0] == before
+    assert all(not p.requires_grad for p in explainer._model.parameters())
+    assert all(p.grad is None for p in predictor.model.parameters())
+
+
+def test_explicit_target(explainer: Explainer, photo: Image.Image) -> None:
+    mel = explainer.heatmap(photo, target="mel")
+    vasc = explainer.heatmap(photo, target="vasc")
+    assert mel.target == "mel" and vasc.target == "vasc"
+    assert not np.allclose(mel.cam, vasc.cam, atol=1e-3)
+    again = explainer.heatmap(photo, target="mel")
+    assert np.allclose(mel.cam, again.cam, atol=1e-5)
+
+
+def test_several_photos_and_targets(explainer: Explainer, lesion_photo) -> None:
+    photos = [lesion_photo(), lesion_photo(centre=(0.7, 0.3), radii=(0.1, 0.1), seed=1)]
+    maps = explainer.heatmaps(photos, ["bcc", None])
+    assert [m.target for m in maps][0] == "bcc" and maps[1].target in CLASSES
+    assert np.allclose(maps[0].cam, explainer.heatmap(photos[0], "bcc").cam, atol=1e-4)
+
+
+def test_unknown_method_and_class(explainer: Explainer, photo: Image.Image) -> None:
+    with pytest.raises(ValueError, match="unknown CAM method 'Saliency'"):
+        explainer.heatmap(photo, method="Saliency")
+    with pytest.raises(ValueError, match="unknown class 'scc'"):
+        explainer.heatmap(photo, target="scc")
+    # a refused request leaves no hooks behind either
+    assert _hooks(explainer._model) == []
+
+
+def test_overlay_size_and_opacity(explainer: Explainer, lesion_photo) -> None:
+    photo = lesion_photo(size=(210, 140))
+    heat = explainer.heatmap(photo)
+    assert heat.resized(photo.size).shape == (140, 210)
+    full = heat.overlay(photo, 0.5)
+    assert isinstance(full, Image.Image) and full.mode == "RGB" and full.size == photo.size
+
+    base = np.asarray(photo, dtype=np.int16)
+    none = np.asarray(heat.overlay(photo, 0.0), dtype=np.int16)
+    assert np.abs(none - base).max() <= 1
+    half = np.abs(np.asarray(full, dtype=np.int16) - base).mean()
+    most = np.abs(np.asarray(heat.overlay(photo, 0.9), dtype=np.int16) - base).mean()
+    assert 5 < half < most
+
+
+def test_overlay_opacity_zero_keeps_a_dark_photo_as_it_is(explainer: Explainer, lesion_photo) -> None:
+    dark = lesion_photo(skin=(110, 80, 70), lesion=(40, 25, 20))
+    heat = explainer.heatmap(dark)
+    assert np.abs(np.asarray(heat.overlay(dark, 0.0), dtype=np.int16) - np.asarray(dark, dtype=np.int16)).max() <= 1
+
+
+def test_overlay_accepts_other_modes(lesion_photo) -> None:
+    heat = Heatmap(cam=np.linspace(0, 1, IMAGE_SIZE * IMAGE_SIZE, dtype=np.float32).reshape(IMAGE_SIZE, IMAGE_SIZE),
+                   target="mel", method="Grad-CAM")
+    grey = lesion_photo(size=(60, 40)).convert("L")
+    out = heat.overlay(grey, 1.0)
+    assert out.size == (60, 40) and out.mode == "RGB"
+    # full opacity shows the colour map: cold (blue) at the top, hot (red) at the bottom
+    arr = np.asarray(out, dtype=int)
+    assert arr[1, 30, 2] > arr[1, 30, 0] and arr[-2, 30, 0] > arr[-2, 30, 2]
+    assert heat.peak() == pytest.approx(((IMAGE_SIZE - 0.5) / IMAGE_SIZE, (IMAGE_SIZE - 0.5) / IMAGE_SIZE))

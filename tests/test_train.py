@@ -1,0 +1,92 @@
+"""skin_model.train: a smoke run of the whole recipe on a tiny fake HAM10000 folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from skin_model import checkpoint
+from skin_model.constants import CARD_FILE, CLASSES, WEIGHTS_FILE
+from skin_model.data import load_ham10000, split_lesions
+from skin_model.model import build_backbone
+from skin_model.predict import load_predictor
+from skin_model.train import TrainConfig, run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, fake_ham_at) -> tuple[Path, Path, dict]:
+    """One tiny training run shared by the tests below (it loads the ImageNet weights)."""
+    root = tmp_path_factory.mktemp("train")
+    # 4 lesions per class (1 or 2 photos each): 42 photos, and every split gets lesions
+    data = fake_ham_at(root / "ham", "flat", lesions_per_class=4, images_per_lesion=(1, 2))
+    out = root / "weights"
+    cfg = TrainConfig(data=str(data), out=str(out), epochs=1, limit=16, views=1, sequence_steps=5, workers=0,
+                      batch_size=8, device="cpu")
+    card = run(cfg)
+    return data, out, card
+
+
+def test_fake_data_reaches_every_split(trained: tuple[Path, Path, dict]) -> None:
+    data, _, _ = trained
+    table = load_ham10000(data).table
+    assert len(table) == 42
+    split = split_lesions(table)
+    assert set(split) == {"train", "val", "test"}
+
+
+def test_writes_weights_and_card_that_load(trained: tuple[Path, Path, dict]) -> None:
+    _, out, card = trained
+    assert (out / WEIGHTS_FILE).is_file() and (out / CARD_FILE).is_file()
+    assert card == json.loads((out / CARD_FILE).read_text())
+    assert card["sha256"] == checkpoint.sha256(out / WEIGHTS_FILE)
+    model, loaded_card = checkpoint.load(out)
+    assert loaded_card == card
+    for key, value in checkpoint.card_constants().items():
+        assert card[key] == value, key
+
+
+def test_card_contents(trained: tuple[Path, Path, dict]) -> None:
+    data, _, card = trained
+    training = card["training"]
+    assert isinstance(training["hardware"], str) and training["hardware"]
+    assert training["config"]["epochs"] == 1 and training["config"]["limit"] == 16
+    assert training["config"]["data"] == str(data)
+    assert [h["epoch"] for h in training["stage1"]["history"]] == [1]
+    assert training["stage2"]["steps"] == 5 and np.isfinite(training["stage2"]["final_loss"])
+    assert card["data"]["metadata_md5"] == load_ham10000(data).fingerprint
+    metrics = card["metrics"]
+    assert metrics["split"] == "test" and metrics["n_photos"] > 0
+    full = metrics["single_photo"]["full"]
+    assert full["n"] == metrics["n_photos"]
+    assert 0.0 <= full["accuracy"] <= 1.0 and 0.0 <= full["ece"] <= 1.0
+    assert np.array(full["confusion_matrix"]).sum() == metrics["n_photos"]
+    assert set(full["per_class"]) == set(CLASSES)
+
+
+def test_training_changed_the_weights(trained: tuple[Path, Path, dict]) -> None:
+    _, out, _ = trained
+    model, _ = checkpoint.load(out)
+    imagenet = build_backbone(pretrained=True).state_dict()
+    own = model.encoder.state_dict()
+    # early blocks are frozen, the last blocks are fine-tuned from ImageNet
+    assert torch.equal(own["_conv_stem.weight"], imagenet["_conv_stem.weight"])
+    assert not torch.equal(own["_blocks.15._project_conv.weight"], imagenet["_blocks.15._project_conv.weight"])
+    # stage 2 trained the LSTM correction away from its zero start
+    assert model.sequence_head.weight.abs().sum() > 0
+    # calibration was fitted and stored
+    assert float(model.photo_temperature) > 0 and float(model.sequence_temperature) > 0
+
+
+def test_trained_weights_serve_predictions(trained: tuple[Path, Path, dict]) -> None:
+    data, out, _ = trained
+    first = pd.read_csv(data / "HAM10000_metadata.csv").image_id.iloc[:2]
+    photos = [data / "images" / f"{image_id}.jpg" for image_id in first]
+    result = load_predictor(out, device="cpu").predict(photos)
+    assert result.sequence is not None
+    for probs in result.photos + [result.sequence]:
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
