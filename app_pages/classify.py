@@ -28,8 +28,7 @@ if st.session_state.get("analyse_paths") and st.button("Clear the dataset photo"
     st.session_state.pop("analyse_paths")
     st.rerun()
 
-for name, message in errors:
-    st.error(f"**{name}** was not analysed: {message}")
+common.show_errors(errors)
 if not photos:
     st.info("Upload a photo to start. JPEG, PNG, WebP, TIFF, GIF and HEIC are accepted.")
     st.stop()
@@ -44,20 +43,27 @@ prediction = predictor.predict([p.image for p in photos], **context)
 method, target, opacity = common.cam_controls("classify")
 
 if prediction.sequence is not None:
-    st.subheader(f"Sequence prediction over {min(len(photos), 8)} photos (LSTM)")
+    used = sum(1 for i in range(len(photos)) if not prediction.rejected(i))
+    st.subheader(f"Sequence prediction over {min(used, 8)} photos of the lesion (LSTM)")
     left, right = st.columns([1, 2])
     with left:
         common.verdict(prediction.sequence, prediction)
-    right.plotly_chart(common.probability_chart(prediction.sequence), key="sequence_chart")
+    with right:
+        common.chart(common.probability_chart(prediction.sequence), key="sequence_chart")
 
 for i, (photo, probs) in enumerate(zip(photos, prediction.photos)):
     st.divider()
     st.subheader(photo.name)
     c1, c2, c3 = st.columns([1, 1, 2])
     c1.image(photo.image, caption="photo", width="stretch")
-    heat = common.heatmap(photo, target, method)
-    c2.image(heat.overlay(photo.image, opacity), width="stretch",
-             caption=f"{method}: where the model looked for {CLASS_NAMES[heat.target]}")
     with c3:
-        common.verdict(probs, prediction)
-        st.plotly_chart(common.probability_chart(probs), key=f"chart_{i}")
+        answered = common.verdict(probs, prediction, i)
+        if answered:
+            common.chart(common.probability_chart(probs), key=f"chart_{i}")
+    if answered:
+        heat = common.heatmap(photo, target, method)
+        c2.image(heat.overlay(photo.image, opacity), width="stretch",
+                 caption=f"{method}: where the model looked for {CLASS_NAMES[heat.target]}")
+
+st.divider()
+common.downloads(prediction, photos, target, method, "classify")

@@ -15,16 +15,23 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
-from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, ImageError, Prediction, Predictor, load_image, load_predictor
-from skin_model.constants import SITES
-from skin_model.explain import DEFAULT_METHOD, METHODS, Explainer, Heatmap
+from skin_model import (
+    CLASS_NAMES,
+    CLASSES,
+    MALIGNANT,
+    ImageError,
+    Prediction,
+    Predictor,
+    fhir,
+    load_image,
+    load_predictor,
+    report,
+)
+from skin_model.constants import DISCLAIMER, SITES
+from skin_model.explain import METHODS, Explainer, Heatmap, default_method
 from skin_model.images import photo_date
 
-DISCLAIMER = (
-    "Research demo, not a medical device. It has not been clinically validated and must not be used "
-    "to diagnose, treat or rule out skin cancer. See a dermatologist about any lesion that worries you."
-)
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "heic", "heif"]
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "gif", "heic", "heif", "dcm", "dicom"]
 MALIGNANT_COLOUR, BENIGN_COLOUR = "#d62728", "#1f77b4"
 
 
@@ -56,16 +63,30 @@ def decode(name: str, data: bytes) -> Photo:
 
 
 def decode_all(files: list) -> tuple[list[Photo], list[tuple[str, str]]]:
-    """Decode every upload; broken ones become (name, message) errors, the rest go on."""
-    photos, errors = [], []
+    """Decode every upload; broken ones become (name, message) errors, the rest go on.
+    The same photo uploaded twice is kept once (it is not a second visit)."""
+    photos, errors, seen = [], [], set()
     for f in files:
         try:
-            photos.append(decode(f.name, f.getvalue()))
+            photo = decode(f.name, f.getvalue())
         except ImageError as exc:
             errors.append((f.name, str(exc)))
+            continue
         except Exception:  # never let one file take the page down
             errors.append((f.name, f"{f.name}: this file could not be read as an image"))
+            continue
+        if photo.digest in seen:
+            errors.append((f.name, f"{f.name}: the same photo was uploaded twice; it is analysed once"))
+            continue
+        seen.add(photo.digest)
+        photos.append(photo)
     return photos, errors
+
+
+def show_errors(errors: list[tuple[str, str]]) -> None:
+    """One message next to each file that was not analysed."""
+    for _name, message in errors:
+        st.error(f"Not analysed: {message}")
 
 
 def sidebar() -> None:
@@ -93,21 +114,38 @@ def label(code: str) -> str:
     return f"{CLASS_NAMES[code]} ({code})" + (" ⚠ malignant" if code in MALIGNANT else "")
 
 
+def short_label(code: str) -> str:
+    """Full class name, shortened where it would crowd a chart; ⚠ marks malignant classes."""
+    name = {"akiec": "Actinic keratosis / IEC"}.get(code, CLASS_NAMES[code])
+    return f"{name} ⚠" if code in MALIGNANT else name
+
+
 def probability_chart(probs: dict[str, float], title: str | None = None) -> go.Figure:
     """Sorted horizontal bars with full class names; malignant classes in red."""
     order = sorted(probs, key=probs.get)
     fig = go.Figure(go.Bar(
-        x=[probs[c] for c in order], y=[label(c) for c in order], orientation="h",
+        x=[probs[c] for c in order], y=[short_label(c) for c in order], orientation="h",
         marker_color=[MALIGNANT_COLOUR if c in MALIGNANT else BENIGN_COLOUR for c in order],
-        text=[f"{probs[c]:.1%}" for c in order], textposition="auto", customdata=order,
+        text=[f"{probs[c]:.1%}" for c in order], textposition="outside", cliponaxis=False, customdata=order,
+        hovertemplate="%{y}: %{x:.1%}<extra></extra>",
     ))
-    fig.update_layout(title=title, xaxis=dict(range=[0, 1], tickformat=".0%", title="probability"),
-                      height=300, margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+    fig.update_layout(title=title, xaxis=dict(range=[0, 1.12], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1],
+                                              title="probability (red ⚠ = malignant class)"),
+                      height=320, margin=dict(l=10, r=10, t=40 if title else 30, b=10))
     return fig
 
 
-def verdict(probs: dict[str, float], prediction: Prediction) -> None:
-    """The top diagnosis, or a clear inconclusive state."""
+def chart(fig: go.Figure, key: str) -> None:
+    st.plotly_chart(fig, key=key, config={"displayModeBar": False})
+
+
+def verdict(probs: dict[str, float], prediction: Prediction, index: int | None = None) -> bool:
+    """The top diagnosis, a clear inconclusive state, or why the photo gets no diagnosis.
+    Returns False when the photo was rejected (so no probabilities should be shown)."""
+    rejected = prediction.rejected(index) if index is not None else None
+    if rejected:
+        st.warning(f"**No diagnosis.** {rejected} Upload a sharp, well-lit dermatoscopic photo of the lesion.")
+        return False
     code, p = Prediction.top(probs)
     if prediction.is_inconclusive(probs):
         st.warning(f"**Inconclusive**: the model is not confident (top class {CLASS_NAMES[code]} at {p:.0%}, "
@@ -116,13 +154,15 @@ def verdict(probs: dict[str, float], prediction: Prediction) -> None:
         st.error(f"**{CLASS_NAMES[code]}** ({code}, malignant): {p:.1%}")
     else:
         st.success(f"**{CLASS_NAMES[code]}** ({code}): {p:.1%}")
+    return True
 
 
 def cam_controls(key: str, default_target: str | None = None) -> tuple[str, str | None, float]:
     """Method, target class and opacity for the heatmaps."""
     c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Heatmap method", list(METHODS), index=list(METHODS).index(DEFAULT_METHOD),
-                          key=f"{key}_method")
+    best = default_method(get_predictor().card)
+    method = c1.selectbox("Heatmap method", list(METHODS), index=list(METHODS).index(best), key=f"{key}_method",
+                          help="The default is the method whose heatmaps pointed inside the lesion most often on test.")
     options = ["predicted class", *CLASSES]
     target = c2.selectbox("Explain class", options, key=f"{key}_target",
                           format_func=lambda c: c if c == "predicted class" else label(c))
@@ -140,3 +180,22 @@ def heatmap(photo: Photo, target: str | None, method: str) -> Heatmap:
     """The photo's CAM, cached by content so moving the opacity slider is instant."""
     cam, code = _cam(photo.digest, photo.image, target, method)
     return Heatmap(cam=cam, target=code, method=method)
+
+
+def downloads(prediction: Prediction, photos: list[Photo], target: str | None, method: str, key: str) -> None:
+    """PDF report and FHIR R4 DiagnosticReport of this analysis, built in memory."""
+    predictor = get_predictor()
+    names = [p.name for p in photos]
+    images = [p.image for p in photos]
+    dates = [p.date for p in photos]
+    c1, c2 = st.columns(2)
+    try:
+        overlays = [heatmap(p, target, method).overlay(p.image, 0.45) for p in photos]
+        pdf = report.pdf_report(prediction, images, names, predictor.card, heatmaps=overlays, dates=dates)
+        c1.download_button("⬇ PDF report", pdf, file_name="skin-lesion-report.pdf", mime="application/pdf",
+                           key=f"{key}_pdf")
+        bundle = fhir.to_json(fhir.diagnostic_report(prediction, images, names, predictor.card, dates=dates))
+        c2.download_button("⬇ FHIR R4 DiagnosticReport (JSON)", bundle, file_name="skin-lesion-report.fhir.json",
+                           mime="application/fhir+json", key=f"{key}_fhir")
+    except Exception as exc:  # a report that cannot be built must not take the analysis down
+        st.error(f"The report could not be built: {exc}")

@@ -22,8 +22,7 @@ files = st.file_uploader("Photos of one lesion", type=common.UPLOAD_TYPES, accep
                          key="evolution_files")
 context = common.patient_context("evolution")
 photos, errors = common.decode_all(list(files or []))
-for name, message in errors:
-    st.error(f"**{name}** was not analysed: {message}")
+common.show_errors(errors)
 if len(photos) < 2:
     st.info("Upload at least two photos of the same lesion to see how it evolved.")
     st.stop()
@@ -46,9 +45,13 @@ method, target, opacity = common.cam_controls("evolution")
 
 st.subheader("Sequence prediction (all visits read in order by the LSTM)")
 left, right = st.columns([1, 2])
+if prediction.sequence is None:
+    st.warning("None of the photos could be analysed as a dermatoscopic photo of a lesion.")
+    st.stop()
 with left:
     common.verdict(prediction.sequence, prediction)
-right.plotly_chart(common.probability_chart(prediction.sequence), key="evo_sequence")
+with right:
+    common.chart(common.probability_chart(prediction.sequence), key="evo_sequence")
 
 st.subheader("Visits")
 cols = st.columns(min(len(photos), 4))
@@ -58,14 +61,15 @@ for i, (photo, probs) in enumerate(zip(photos, prediction.photos)):
         st.image(photo.image, caption=f"{photo.date:%Y-%m-%d} · {photo.name}", width="stretch")
         st.image(heat.overlay(photo.image, opacity), caption=f"{method} for {heat.target}",
                  width="stretch")
-        common.verdict(probs, prediction)
+        common.verdict(probs, prediction, i)
 
 per_visit = pd.DataFrame([{"date": p.date, "class": CLASS_NAMES[c], "probability": probs[c]}
                           for p, probs in zip(photos, prediction.photos) for c in CLASSES])
 fig = px.line(per_visit, x="date", y="probability", color="class", markers=True,
               title="Probability of each class per visit")
 fig.update_yaxes(range=[0, 1], tickformat=".0%")
-st.plotly_chart(fig, key="evo_lines")
+common.chart(fig, key="evo_lines")
+common.downloads(prediction, photos, target, method, "evolution")
 
 st.subheader("Measured changes")
 st.caption("From an automatic segmentation of each photo. Area is relative to the frame, so it is comparable "

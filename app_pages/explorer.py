@@ -102,16 +102,21 @@ except Exception as exc:  # weights missing or altered: say so instead of a trac
     st.error(f"The model could not be loaded: {exc}")
     st.stop()
 prediction = predictor.predict([p.image for p in photos], sequence=True)
+if prediction.sequence is None:
+    st.warning("None of this lesion's photos passed the out-of-distribution check.")
+    st.stop()
 left, right = st.columns([1, 2])
 with left:
     common.verdict(prediction.sequence, prediction)
     context = predictor.predict([p.image for p in photos], sequence=True, age=first.age,
                                 sex=first.sex, site=first.localization)
-    code, p = context.top(context.sequence)
-    st.caption(f"With the patient's age, sex and site: {CLASS_NAMES[code]} ({p:.0%})")
-right.plotly_chart(common.probability_chart(prediction.sequence, "Sequence prediction"), key="lesion_seq")
+    if context.sequence is not None:
+        code, p = context.top(context.sequence)
+        st.caption(f"With the patient's age, sex and site: {CLASS_NAMES[code]} ({p:.0%})")
+with right:
+    common.chart(common.probability_chart(prediction.sequence, "Sequence prediction"), key="lesion_seq")
 cols = st.columns(min(len(photos), 4))
 for i, (photo, probs) in enumerate(zip(photos, prediction.photos)):
     with cols[i % len(cols)]:
         st.image(photo.image, caption=photo.name, width="stretch")
-        common.verdict(probs, prediction)
+        common.verdict(probs, prediction, i)

@@ -71,6 +71,47 @@ if single:
     per_class = pd.DataFrame(full["per_class"]).T.rename_axis("class").reset_index()
     c2.dataframe(per_class, hide_index=True, width="stretch")
 
+    if metrics.get("reliability"):
+        st.subheader("Calibration")
+        rel = pd.DataFrame(metrics["reliability"])
+        fig = px.scatter(rel, x="confidence", y="accuracy", size="count", title="Reliability diagram (test, single photo)")
+        fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line=dict(dash="dash", color="grey"))
+        fig.update_layout(xaxis=dict(range=[0, 1], title="mean confidence in bin"),
+                          yaxis=dict(range=[0, 1], title="accuracy in bin"))
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(fig, key="reliability")
+        abst = metrics.get("abstention")
+        if abst:
+            rc = pd.DataFrame(abst["risk_coverage"]).melt(id_vars=["coverage"], value_vars=["balanced_accuracy", "accuracy"])
+            fig = px.line(rc, x="coverage", y="value", color="variable", markers=True,
+                          title="Risk-coverage: accuracy on the photos answered")
+            fig.add_vline(x=abst["coverage"], line_dash="dot", annotation_text="chosen threshold")
+            c2.plotly_chart(fig, key="risk_coverage")
+            st.caption(f"Below a confidence of {abst['threshold']:.2f} (chosen on validation) the app answers "
+                       f"**inconclusive**. On test it answers {abst['coverage']:.0%} of photos, with balanced accuracy "
+                       f"{abst['balanced_accuracy_answered']:.3f} and accuracy {abst['accuracy_answered']:.3f} on those.")
+    ood = metrics.get("ood")
+    if ood:
+        st.subheader("Out-of-distribution rejection")
+        st.markdown(f"Real test photos against {ood['n_outliers']} images that are not dermatoscopic photos "
+                    f"(scikit-image samples, generated documents, screenshots, noise, blank images, and blurred or "
+                    f"badly exposed test photos): **AUROC {ood['auroc']:.3f}**; outliers rejected "
+                    f"{ood['outliers_rejected']:.0%}; real photos wrongly rejected: "
+                    + ", ".join(f"{k} {v:.1%}" for k, v in ood["real_wrongly_rejected"].items()) + ".")
+        st.dataframe(pd.DataFrame([{"kind": k, "rejected": v} for k, v in ood["outliers_rejected_by_kind"].items()]),
+                     hide_index=True, column_config={"rejected": st.column_config.NumberColumn(format="percent")})
+    heat = metrics.get("heatmaps")
+    if heat and heat.get("n"):
+        st.subheader("Do the heatmaps point at the lesion?")
+        rows = [{"method": k, **v} for k, v in heat.items() if isinstance(v, dict)]
+        st.dataframe(pd.DataFrame(rows), hide_index=True,
+                     column_config={"pointing_game": st.column_config.NumberColumn("peak inside lesion", format="percent"),
+                                    "energy_inside_mask": st.column_config.NumberColumn("heat inside lesion",
+                                                                                        format="percent")})
+        st.caption(f"{heat['n']} test photos with the published lesion masks; the lesion covers "
+                   f"{heat['lesion_share_of_frame']:.0%} of the frame on average (the chance level of the pointing "
+                   "game). The app's default method is the one with the highest pointing-game score.")
+
 training = card.get("training") or {}
 with st.expander("Training run and data"):
     st.json({"training": {k: training.get(k) for k in ("hardware", "device", "seconds", "finished", "config")},

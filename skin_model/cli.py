@@ -21,14 +21,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from . import checkpoint
+    from .data import load_ham10000
+    from .devices import select_device
+    from .train import finish
+
+    model, card = checkpoint.load(args.weights, strict=False)
+    device = select_device(args.device)
+    out = Path(args.out or args.weights or checkpoint.DEFAULT_WEIGHTS_DIR)
+    card = finish(model.to(device), load_ham10000(args.data), card.get("training", {}), out, device, seed=args.seed)
+    print(json.dumps({k: card["metrics"]["single_photo"]["full"][k]
+                      for k in ("accuracy", "balanced_accuracy", "macro_auc", "ece")}, indent=2))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .data import load_ham10000
-    from .evaluate import evaluate_split, format_table, to_json
+    from .evaluate import evaluate_heatmaps, evaluate_ood, evaluate_split, format_table, to_json
     from .predict import load_predictor
 
     predictor = load_predictor(args.weights, args.device)
-    report = evaluate_split(predictor.model, load_ham10000(args.data), args.split, predictor.device,
-                            seed=args.seed, limit=args.limit)
+    ham = load_ham10000(args.data)
+    report = evaluate_split(predictor.model, ham, args.split, predictor.device, seed=args.seed, limit=args.limit,
+                            card=predictor.card)
+    if args.ood:
+        report["ood"] = evaluate_ood(predictor.model, predictor.card, ham, args.split, predictor.device,
+                                     seed=args.seed, limit=args.limit)
+    if args.heatmaps:
+        report["heatmaps"] = evaluate_heatmaps(predictor, ham, args.split, seed=args.seed, limit=args.heatmaps)
     if args.output:
         Path(args.output).write_text(to_json(report))
     print(to_json(report) if args.json else format_table(report))
@@ -57,7 +78,7 @@ def _expand(paths: list[str]) -> tuple[list[str], list[str]]:
 
 def _predict(args: argparse.Namespace) -> int:
     from .images import ImageError, load_image
-    from .predict import Prediction, load_predictor
+    from .predict import load_predictor
 
     paths, errors = _expand(args.images)
     for message in errors:
@@ -76,12 +97,13 @@ def _predict(args: argparse.Namespace) -> int:
         context = {"age": args.age, "sex": args.sex, "site": args.site}
         if args.sequence:
             pred = predictor.predict(photos, sequence=True, **context)
-            result["sequence"] = _entry(None, pred.sequence) if pred.sequence else None
+            if pred.sequence:
+                status = "inconclusive" if pred.is_inconclusive(pred.sequence) else "answered"
+                result["sequence"] = {**_entry(None, pred.sequence), "status": status}
         else:
-            each = predictor.predict_each(photos, **context)
-            pred = each if isinstance(each, Prediction) else Prediction(
-                photos=list(each), sequence=None, inconclusive_below=predictor.inconclusive_below)
-        result["images"] = [_entry(n, p) for n, p in zip(names, pred.photos)]
+            pred = predictor.predict_each(photos, **context)
+        result["images"] = [{**_entry(n, p), "status": pred.status(i), "message": pred.rejected(i)}
+                            for i, (n, p) in enumerate(zip(names, pred.photos))]
         _write_exports(args, predictor, pred, photos, names)
     elif args.pdf or args.fhir or args.csv:
         print("skin-model: error: no photo could be read, so no report was written", file=sys.stderr)
@@ -161,9 +183,12 @@ def _entry(name: str | None, probs: dict[str, float]) -> dict:
 
 
 def _line(name: str, item: dict) -> str:
+    if item.get("message"):
+        return f"{name}: not analysed: {item['message']}"
     p = item["probabilities"]
     ranked = ", ".join(f"{c} {p[c]:.3f}" for c in sorted(p, key=p.get, reverse=True)[:3])
-    return f"{name}: {item['prediction']} ({CLASS_NAMES[item['prediction']]}) | {ranked}"
+    flag = " [inconclusive]" if item.get("status") == "inconclusive" else ""
+    return f"{name}: {item['prediction']} ({CLASS_NAMES[item['prediction']]}){flag} | {ranked}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--output", help="also write the JSON report here")
+    ev.add_argument("--ood", action="store_true", help="also the out-of-distribution evaluation (AUROC, rejections)")
+    ev.add_argument("--heatmaps", type=int, metavar="N", help="also Grad-CAM faithfulness on N photos with masks")
     ev.set_defaults(func=_evaluate)
+
+    ca = sub.add_parser("calibrate", help="refit calibration, abstention and OOD thresholds on validation, "
+                                          "re-evaluate on test, rewrite weights + card")
+    ca.add_argument("--weights", help="folder with weights and model card (default: shipped)")
+    ca.add_argument("--out", help="where to write (default: the same folder)")
+    ca.add_argument("--data", help="HAM10000 folder (default: $HAM10000_DIR)")
+    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--device")
+    ca.set_defaults(func=_calibrate)
 
     pr = sub.add_parser("predict", help="class probabilities of photos")
     pr.add_argument("images", nargs="+", help="photos (JPEG, PNG, DICOM, ...) or folders of them")

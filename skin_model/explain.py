@@ -34,6 +34,14 @@ METHODS: dict[str, type[BaseCAM]] = {
 DEFAULT_METHOD = "Grad-CAM"
 
 
+def default_method(card: dict | None) -> str:
+    """The CAM method whose heatmaps fell inside the lesion most often on test (pointing
+    game in the model card), else Grad-CAM."""
+    scores = ((card or {}).get("metrics") or {}).get("heatmaps") or {}
+    measured = {m: v["pointing_game"] for m, v in scores.items() if m in METHODS and isinstance(v, dict)}
+    return max(measured, key=measured.get) if measured else DEFAULT_METHOD
+
+
 @dataclass
 class Heatmap:
     """A CAM in [0, 1] at the model's input resolution, for one target class."""

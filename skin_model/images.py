@@ -1,8 +1,39 @@
 """Decode and validate user photos.
 
 Everything a user uploads goes through :func:`load_image`; it either returns an
-upright RGB image or raises :class:`ImageError` with a message fit to show.
-Nothing is written to disk.
+upright RGB image or raises :class:`ImageError` with a one-line message fit to
+show (it starts with the file's name). No other exception comes out of it, and
+nothing is written to disk.
+
+What is accepted, and what is refused:
+
+* Formats: JPEG (and MPO, the multi-picture JPEG of some cameras), PNG (and
+  APNG), WebP, BMP, TIFF, GIF, HEIC/HEIF (phones; via pillow-heif) and DICOM
+  (see :mod:`skin_model.dicom`). Only these decoders ever see the bytes: text,
+  HTML, SVG, PDF, zip archives, EPS and every other format Pillow might know are
+  refused as "not a readable image" before any decoder runs.
+* Size: the size a file *declares* is checked before a single pixel is decoded,
+  so a decompression bomb (a few hundred bytes claiming 100000x100000 pixels)
+  costs a header parse. More than ``MAX_PIXELS`` pixels is refused as too large;
+  files over ``MAX_FILE_BYTES`` are refused before they are read.
+* Shape: each side needs at least ``MIN_SIDE`` pixels (1x1 and 5000x10 are
+  refused as *too small*), and the longer side may be at most ``MAX_ASPECT``
+  times the shorter (e.g. 2000x100 is refused as an *extreme aspect ratio*:
+  squeezed into the model's square input it no longer shows a lesion).
+* Damaged files (empty, truncated, corrupt) are refused with the decoder's
+  reason; any decoder failure at all becomes an ImageError.
+* Several frames (animated GIF, WebP or PNG, multi-page TIFF, MPO): the first
+  frame is analysed and ``image.info["note"]`` says so.
+* Orientation: the EXIF orientation tag is applied, so the image is upright as
+  the camera meant it.
+* Colours: alpha is flattened onto white; palette, greyscale, CMYK, YCbCr and
+  LAB become RGB; 16-bit, 32-bit and float images are stretched from their
+  minimum to their maximum onto 8 bits.
+* Metadata (EXIF with its GPS position, XMP, comments, ICC) is not carried over
+  into the returned image, so it cannot travel further by accident.
+
+:func:`load_image` touches no global state (no warning filters, no change to
+``PIL.Image.MAX_IMAGE_PIXELS``), so it is safe to call from many threads.
 """
 
 from __future__ import annotations
@@ -10,99 +41,200 @@ from __future__ import annotations
 import datetime
 import io
 import os
-import warnings
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .constants import MAX_PIXELS, MIN_SIDE
 
+try:  # HEIC/HEIF photos from phones
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    HEIF_SUPPORTED = True
+except ImportError:  # pragma: no cover - pillow-heif is a dependency, but decoding others must not need it
+    HEIF_SUPPORTED = False
+
 ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image
+
+# Pillow format ids that may decode user files; nothing else is ever tried.
+FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF") + (("HEIF",) if HEIF_SUPPORTED else ())
+FORMAT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF" + (", HEIC" if HEIF_SUPPORTED else "") + " or DICOM"
+MAX_ASPECT: float = 10.0  # longer side / shorter side
+MAX_FILE_BYTES: int = 512 * 1024 * 1024
+_MAX_DETAIL = 160  # characters of a decoder's own message kept in ours
 
 
 class ImageError(ValueError):
     """A file that cannot be analysed; the message says why, for the user."""
 
 
-def _read_bytes(source: ImageSource) -> bytes:
-    if isinstance(source, (bytes, bytearray)):
-        return bytes(source)
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise ImageError(f"{path.name}: file not found")
-        return path.read_bytes()
-    if hasattr(source, "read"):
-        if hasattr(source, "seek"):
-            source.seek(0)
-        return source.read()
-    raise ImageError(f"unsupported input type {type(source).__name__}")
+def _detail(exc: BaseException) -> str:
+    """A decoder's message, on one short line."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 1] + "…"
+
+
+def _read_bytes(source: ImageSource, label: str) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        try:
+            path = Path(source)
+            if not path.exists():
+                raise ImageError(f"{label}: file not found")
+            if not path.is_file():
+                raise ImageError(f"{label}: not a regular file")
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise ImageError(f"{label}: the file is too large (over {MAX_FILE_BYTES // 2**20} MB)")
+            data = path.read_bytes()
+        except ImageError:
+            raise
+        except (OSError, ValueError) as exc:  # permissions, a NUL in the name, a vanished file...
+            raise ImageError(f"{label}: the file cannot be read ({_detail(exc)})") from None
+    elif hasattr(source, "read"):
+        try:
+            if hasattr(source, "seek"):
+                source.seek(0)
+            data = source.read(MAX_FILE_BYTES + 1)
+        except Exception as exc:  # a closed or unreadable stream
+            raise ImageError(f"{label}: the file cannot be read ({_detail(exc)})") from None
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ImageError(f"{label}: the file was opened as text; open it in binary mode")
+        data = bytes(data)
+    else:
+        raise ImageError(f"unsupported input type {type(source).__name__}")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(f"{label}: the file is too large (over {MAX_FILE_BYTES // 2**20} MB)")
+    return data
+
+
+def _stretch(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float greyscale image stretched from its min to its max onto 8 bits."""
+    arr = np.asarray(img, dtype=np.float32)
+    finite = np.isfinite(arr)
+    if not finite.all():  # NaN or infinity in a float TIFF
+        arr = np.where(finite, arr, float(arr[finite].min()) if finite.any() else 0.0)
+    lo, hi = float(arr.min()), float(arr.max())
+    scale = 255.0 / (hi - lo) if hi > lo else 0.0
+    return Image.fromarray(((arr - lo) * scale).astype(np.uint8), mode="L")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Flatten any mode (alpha, palette, 16-bit, CMYK) to 8-bit RGB."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        import numpy as np
-
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scale = 255.0 / (hi - lo) if hi > lo else 0.0
-        img = Image.fromarray(((arr - lo) * scale).astype("uint8"), mode="L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    """Flatten any mode (alpha, palette, 16-bit, CMYK, ...) to 8-bit RGB."""
+    if img.mode.startswith(("I", "F")):  # I, I;16, I;16B, I;16L, ..., F
+        img = _stretch(img)
+    if img.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (img.mode == "P" and "transparency" in img.info):
+        if img.mode == "La":
+            img = img.convert("LA")
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
     return img.convert("RGB")
 
 
+def _check_size(size: tuple[int, int], label: str) -> None:
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise ImageError(
+            f"{label}: the image is too large ({width}x{height} pixels; at most {MAX_PIXELS // 1_000_000} megapixels)"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(
+            f"{label}: the image is too small ({width}x{height} pixels; each side needs at least {MIN_SIDE})"
+        )
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageError(
+            f"{label}: the image has an extreme aspect ratio ({width}x{height} pixels; "
+            f"the longer side may be at most {MAX_ASPECT:g} times the shorter): crop it to the lesion"
+        )
+
+
+def _checked_size(img: Image.Image, label: str) -> Image.Image:
+    _check_size(img.size, label)
+    return img
+
+
+def _decode(data: bytes, label: str) -> Image.Image:
+    """Open (header only), check the declared size, then decode the first frame."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise ImageError(f"{label}: not a readable image (unknown or unsupported format; use {FORMAT_NAMES})") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{label}: the image declares an unreasonably large size "
+                         f"(at most {MAX_PIXELS // 1_000_000} megapixels)") from None
+    except MemoryError:
+        raise ImageError(f"{label}: the image is too large to decode") from None
+    except Exception as exc:  # Pillow's plugins raise OSError, SyntaxError, ValueError, struct.error, ...
+        raise ImageError(f"{label}: the image is damaged or truncated ({_detail(exc)})") from None
+    _check_size(img.size, label)  # the declared size, before any pixel is decoded
+    try:
+        animated = bool(getattr(img, "is_animated", False))
+    except Exception:  # a broken later frame: the first one may still be fine
+        animated = True
+    note = f"{label}: the file holds several frames; only the first one is analysed" if animated else None
+    try:
+        if animated:
+            img.seek(0)
+        img.load()
+        _check_size(img.size, label)  # a decoded frame may differ from what the header said
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError(f"{label}: the image is too large to decode") from None
+    except Exception as exc:
+        raise ImageError(f"{label}: the image is damaged or truncated ({_detail(exc)})") from None
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block must not lose an otherwise fine photo
+        orientation = 1
+    if orientation not in (None, 1):
+        try:
+            img = ImageOps.exif_transpose(img) or img
+        except Exception:
+            pass
+    try:
+        rgb = _to_rgb(img)
+    except MemoryError:
+        raise ImageError(f"{label}: the image is too large to decode") from None
+    except Exception as exc:
+        raise ImageError(f"{label}: colour mode {img.mode} cannot be converted to RGB ({_detail(exc)})") from None
+    rgb.info = {"note": note} if note else {}  # no EXIF (GPS), XMP or comments beyond this point
+    return rgb
+
+
 def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
     """Return the photo as an upright RGB PIL image, or raise ImageError."""
     label = name or (Path(source).name if isinstance(source, (str, os.PathLike)) else "image")
     if isinstance(source, Image.Image):
-        img = source
-    else:
-        data = _read_bytes(source)
-        if not data:
-            raise ImageError(f"{label}: the file is empty")
-        if data[128:132] == b"DICM":  # DICOM (dermoscopy from a PACS): decoded by pydicom
-            from .dicom import decode
-
-            return _checked_size(decode(data, label), label).convert("RGB")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
-                width, height = img.size
-                if width * height > MAX_PIXELS:
-                    raise ImageError(
-                        f"{label}: the image is too large ({width}x{height} pixels; "
-                        f"at most {MAX_PIXELS // 1_000_000} megapixels)"
-                    )
-                img.seek(0)
-                img.load()
+            img = source
+            try:
+                if img.getexif().get(0x0112, 1) not in (None, 1):
+                    img = ImageOps.exif_transpose(img) or img
+            except Exception:
+                pass
+            return _to_rgb(_checked_size(img, label))
         except ImageError:
             raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ImageError(f"{label}: the image declares an unreasonably large size") from None
-        except UnidentifiedImageError:
-            raise ImageError(f"{label}: not a readable image (unknown or unsupported format)") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise ImageError(f"{label}: the image is damaged or truncated ({exc})") from None
-    try:
-        img = ImageOps.exif_transpose(img) or img
-    except Exception:  # a broken EXIF block must not lose an otherwise fine photo
-        pass
-    return _to_rgb(_checked_size(img, label))
+        except Exception as exc:
+            raise ImageError(f"{label}: the image cannot be used ({_detail(exc)})") from None
+    data = _read_bytes(source, label)
+    if not data:
+        raise ImageError(f"{label}: the file is empty")
+    if data[128:132] == b"DICM":  # DICOM (dermoscopy from a PACS): decoded by pydicom
+        from .dicom import decode
 
-
-def _checked_size(img: Image.Image, label: str) -> Image.Image:
-    if min(img.size) < MIN_SIDE:
-        raise ImageError(
-            f"{label}: the image is too small ({img.size[0]}x{img.size[1]} pixels; "
-            f"each side needs at least {MIN_SIDE})"
-        )
-    return img
+        try:
+            return _checked_size(decode(data, label), label).convert("RGB")
+        except ImageError:
+            raise
+        except Exception as exc:
+            raise ImageError(f"{label}: the DICOM file cannot be read ({_detail(exc)})") from None
+    return _decode(data, label)
 
 
 def photo_date(source: ImageSource) -> datetime.date | None:
@@ -112,12 +244,12 @@ def photo_date(source: ImageSource) -> datetime.date | None:
         if isinstance(source, Image.Image):
             img = source
         else:
-            data = _read_bytes(source)
+            data = _read_bytes(source, "image")
             if data[128:132] == b"DICM":
                 from .dicom import dicom_date
 
                 return dicom_date(data)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
         exif = img.getexif()
         raw = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
         if not raw:

@@ -165,8 +165,9 @@ def bar_probs(fig: dict) -> dict[str, float]:
     codes, labels, values = _array(bar["customdata"]), _array(bar["y"]), _array(bar["x"])
     assert sorted(codes) == sorted(CLASSES)
     for code, label in zip(codes, labels, strict=True):
-        assert label.startswith(f"{CLASS_NAMES[code]} ({code})"), label  # full class names on the bars
-        assert ("malignant" in label) == (code in MALIGNANT)
+        name = "Actinic keratosis / IEC" if code == "akiec" else CLASS_NAMES[code]
+        assert label.startswith(name), label  # (nearly) full class names on the bars
+        assert label.endswith("⚠") == (code in MALIGNANT)
     assert values == sorted(values), "bars are sorted by probability"
     return dict(zip(codes, values, strict=True))
 
@@ -233,7 +234,7 @@ def test_classify_one_photo(app_env: Path, lesion_photos, reference) -> None:
     assert captions[1].startswith("Grad-CAM: where the model looked for ")
     assert captions[1].endswith(CLASS_NAMES[max(expected, key=expected.get)]), "heatmap of the predicted class"
     assert len(at.main.info) == 0
-    assert not [e.value for e in at.main.error if "was not analysed" in e.value]
+    assert not [e.value for e in at.main.error if e.value.startswith("Not analysed:")]
 
 
 def test_classify_several_photos_adds_sequence_chart(app_env: Path, lesion_photos, reference) -> None:
@@ -245,7 +246,7 @@ def test_classify_several_photos_adds_sequence_chart(app_env: Path, lesion_photo
     assert_probs(bar_probs(figs["sequence_chart"]), expected.sequence)
     for i, probs in enumerate(expected.photos):
         assert_probs(bar_probs(figs[f"chart_{i}"]), probs)
-    assert at.subheader[0].value == "Sequence prediction over 3 photos (LSTM)"
+    assert at.subheader[0].value == "Sequence prediction over 3 photos of the lesion (LSTM)"
     assert [s.value for s in at.subheader[1:]] == [name for name, _ in lesion_photos]
     assert_verdicts(at, [expected.sequence, *expected.photos], reference.inconclusive_below)
     assert len(at.image) == 2 * len(lesion_photos)  # photo + heatmap each
@@ -257,10 +258,10 @@ def test_classify_broken_uploads_are_reported_and_the_good_photo_analysed(app_en
     broken = [("notes.jpg", b"this is a text file, not a photo\n"), ("empty.jpg", b""),
               ("truncated.jpg", good[: len(good) // 2])]
     at = upload(_app(), [broken[0], (good_name, good), *broken[1:]])
-    errors = [e.value for e in at.main.error if "was not analysed" in e.value]
+    errors = [e.value for e in at.main.error if e.value.startswith("Not analysed:")]
     assert len(errors) == 3
     for (name, _), message in zip(broken, errors, strict=True):
-        assert message.startswith(f"**{name}** was not analysed")
+        assert message.startswith(f"Not analysed: {name}")
     assert "empty" in errors[1] and "truncated" in errors[2]
     figs = charts(at)
     assert set(figs) == {"chart_0"}, "only the good photo is analysed (no sequence of one)"

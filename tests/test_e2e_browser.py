@@ -212,7 +212,7 @@ def test_upload_photo_then_broken_file(browser, app_url: str, tmp_path: Path) ->
         file_input = browser.find_element(By.CSS_SELECTOR, "input[type=file]")
         browser.execute_script("arguments[0].value = '';", file_input)
         file_input.send_keys(str(broken))
-        wait(lambda d: any(t.startswith("broken.jpg was not analysed") for t in alerts(d)),
+        wait(lambda d: any(t.startswith("Not analysed: broken.jpg") for t in alerts(d)),
              what="the error naming broken.jpg")
         wait(lambda d: len(chart_labels(d)) == 1 and any(w > 0 for w in heatmaps(d)) and len(verdicts(d)) == 1,
              what="the good photo's chart, heatmap and verdict after the broken upload")
