@@ -59,8 +59,8 @@ except ImportError:  # pragma: no cover - pillow-heif is a dependency, but decod
 
 ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image
 
-# Pillow format ids that may decode user files; nothing else is ever tried.
-FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF") + (("HEIF",) if HEIF_SUPPORTED else ())
+# Pillow format ids that may decode user files (JPEG covers MPO); nothing else is ever tried.
+FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF") + (("HEIF",) if HEIF_SUPPORTED else ())
 FORMAT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF" + (", HEIC" if HEIF_SUPPORTED else "") + " or DICOM"
 MAX_ASPECT: float = 10.0  # longer side / shorter side
 MAX_FILE_BYTES: int = 512 * 1024 * 1024
@@ -69,6 +69,11 @@ _MAX_DETAIL = 160  # characters of a decoder's own message kept in ours
 
 class ImageError(ValueError):
     """A file that cannot be analysed; the message says why, for the user."""
+
+
+def _printable(label: str) -> str:
+    """A file name fit for a one-line message: control characters (newlines, escapes) become "?"."""
+    return "".join(c if c.isprintable() else "?" for c in label)
 
 
 def _detail(exc: BaseException) -> str:
@@ -119,7 +124,7 @@ def _stretch(img: Image.Image) -> Image.Image:
         arr = np.where(finite, arr, float(arr[finite].min()) if finite.any() else 0.0)
     lo, hi = float(arr.min()), float(arr.max())
     scale = 255.0 / (hi - lo) if hi > lo else 0.0
-    return Image.fromarray(((arr - lo) * scale).astype(np.uint8), mode="L")
+    return Image.fromarray(((arr - lo) * scale).astype(np.uint8))  # 2-D uint8: mode L
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -208,7 +213,7 @@ def _decode(data: bytes, label: str) -> Image.Image:
 
 def load_image(source: ImageSource, name: str | None = None) -> Image.Image:
     """Return the photo as an upright RGB PIL image, or raise ImageError."""
-    label = name or (Path(source).name if isinstance(source, (str, os.PathLike)) else "image")
+    label = _printable(str(name or (Path(source).name if isinstance(source, (str, os.PathLike)) else "image")))
     if isinstance(source, Image.Image):
         try:
             img = source

@@ -34,6 +34,9 @@ def quality(photo: Image.Image) -> dict[str, float]:
     arr = np.asarray(grey, dtype=np.float32)
     lap = np.asarray(grey.filter(ImageFilter.Kernel((3, 3), [0, 1, 0, 1, -4, 1, 0, 1, 0], 1, 128)),
                      dtype=np.float32) - 128.0
+    # PIL copies the one-pixel border unfiltered (there it holds brightness - 128, not a
+    # Laplacian), which would make bright or dark images look sharp: leave it out.
+    lap = lap[1:-1, 1:-1]
     return {"contrast": float(arr.std()), "sharpness": float(lap.var()), "brightness": float(arr.mean())}
 
 
@@ -82,8 +85,17 @@ def fit_thresholds(quality_rows: list[dict[str, float]], distances: np.ndarray,
     }
 
 
+# Root causes first: a badly exposed photo also loses contrast and detail, and a uniform
+# image has no detail at all, so those checks trip along with the cause.
+QUALITY_ORDER = ("dark", "bright", "blank", "blur")
+
+
 def verdict(q: dict[str, float], distance: float, t: dict[str, float]) -> OODVerdict:
-    """Combine the checks; the score is the largest ratio to a threshold (> 1 rejects)."""
+    """Combine the checks; the score is the largest ratio to a threshold (> 1 rejects).
+
+    The reason is "features" when the feature check is the strongest; otherwise the
+    first quality check that trips, in QUALITY_ORDER. (The largest quality ratio is
+    no guide: their units differ, and a uniform image makes several of them huge.)"""
     ratios = {
         "blank": t["min_contrast"] / max(q["contrast"], 1e-6),
         "blur": t["min_sharpness"] / max(q["sharpness"], 1e-6),
@@ -91,6 +103,9 @@ def verdict(q: dict[str, float], distance: float, t: dict[str, float]) -> OODVer
         "bright": (255 - t["max_brightness"]) / max(255 - q["brightness"], 1e-6),
         "features": distance / t["feature_distance"],
     }
-    reason = max(ratios, key=ratios.get)
-    score = ratios[reason]
-    return OODVerdict(score=float(score), reason=reason if score > 1.0 else None)
+    score = max(ratios.values())
+    if score <= 1.0:
+        return OODVerdict(score=float(score), reason=None)
+    if ratios["features"] >= max(ratios[k] for k in QUALITY_ORDER):
+        return OODVerdict(score=float(score), reason="features")
+    return OODVerdict(score=float(score), reason=next(k for k in QUALITY_ORDER if ratios[k] > 1.0))

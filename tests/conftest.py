@@ -164,3 +164,96 @@ def fake_ham(tmp_path: Path) -> Callable[..., Path]:
 def fake_ham_at() -> Callable[..., Path]:
     """`fake_ham_at(root, layout, ...)`: the fake_ham writer for fixtures wider than one test."""
     return write_fake_ham
+
+
+# ----------------------------------------------------------------------------- a real server and browsers
+# Shared by the browser tests that start their own `streamlit run` (privacy, concurrent sessions).
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SERVER_STARTUP_TIMEOUT = 180  # importing torch and loading the model on a busy CPU
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_health(url: str) -> str:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as response:
+            return response.read().decode().strip()
+    except OSError:
+        return ""
+
+
+class StreamlitServer:
+    """`streamlit run streamlit_app.py` on a free port of 127.0.0.1, in the repository root.
+
+    `env` replaces the environment of the server entirely (pass `{**os.environ, ...}` to extend it).
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path, cwd: Path = REPO) -> None:
+        import subprocess
+        import sys
+        import time
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {**env, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(self.port),
+                 "--server.address", "127.0.0.1", "--server.headless", "true",
+                 "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT
+        while server_health(self.url) != "ok":
+            if self.process.poll() is not None:
+                pytest.fail(f"streamlit exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"streamlit did not answer on {self.url} within {SERVER_STARTUP_TIMEOUT} s:\n{self.log()}")
+            time.sleep(0.5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=20)
+
+
+def chromium_driver(profile: Path, window: str = "1400,2000"):
+    """A headless Chromium (Selenium) with its own user-data-dir; skips when Chromium is absent."""
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium and chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile.mkdir(parents=True, exist_ok=True)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", f"--user-data-dir={profile}", f"--window-size={window}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)

@@ -1,0 +1,113 @@
+"""skin_model.trust: fitting calibration, abstention and the OOD check on a fake HAM10000
+folder with the tiny model on CPU."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skin_model import trust
+from skin_model.constants import CLASSES
+from skin_model.data import load_ham10000, split_lesions
+from skin_model.images import load_image
+from skin_model.predict import Predictor
+
+CPU = torch.device("cpu")
+LIMIT = 10
+OOD_KEYS = {"feature_distance", "min_contrast", "min_sharpness", "min_brightness", "max_brightness"}
+
+
+@pytest.fixture(scope="module")
+def fitted(_tiny_model, fake_ham_at, tmp_path_factory):
+    """One fit for the module (calibration is the slow part), recording the batch sizes it scores."""
+    # 4 lesions per class: 2 train, 1 validation and 1 test lesion of each class
+    ham = load_ham10000(fake_ham_at(tmp_path_factory.mktemp("trust") / "ham", "flat", lesions_per_class=4))
+    splits = split_lesions(ham.table).value_counts()
+    assert splits["val"] > 0 and splits["train"] > 0
+    model = copy.deepcopy(_tiny_model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scored: list[int] = []
+    real = trust.photo_outputs
+
+    def counting(model, images, device, *args, **kwargs):
+        scored.append(len(images))
+        return real(model, images, device, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trust, "photo_outputs", counting)
+        card = trust.fit(model, ham, CPU, seed=0, limit=LIMIT)
+    return model, ham, card, before, scored
+
+
+def test_fit_sets_calibration(fitted) -> None:
+    model, _, card, *_ = fitted
+    for kind in ("photo", "sequence"):
+        t = float(getattr(model, f"{kind}_temperature"))
+        assert math.isfinite(t) and 0.05 <= t <= 20.0
+        bias = getattr(model, f"{kind}_bias")
+        assert bias.shape == (len(CLASSES),) and torch.isfinite(bias).all()
+        entry = card["calibration"][kind]
+        assert entry["temperature"] == pytest.approx(t)
+        assert isinstance(entry["bias"], list) and len(entry["bias"]) == len(CLASSES)
+        assert np.allclose(entry["bias"], bias.numpy())
+        # the bias is a prior correction: centred on zero
+        assert abs(float(bias.sum())) < 1e-4
+        assert {"tau", "score", "val_balanced_accuracy", "val_accuracy", "val_ece"} <= set(entry)
+
+
+def test_fit_sets_the_ood_statistics(fitted) -> None:
+    model, _, _, before, _ = fitted
+    assert torch.count_nonzero(before["ood_means"]) == 0
+    assert torch.equal(before["ood_precision"], torch.eye(before["ood_precision"].shape[0]))
+    assert torch.count_nonzero(model.ood_means) > 0
+    assert not torch.allclose(model.ood_precision, torch.eye(model.ood_precision.shape[0]))
+    assert torch.isfinite(model.ood_means).all() and torch.isfinite(model.ood_precision).all()
+    assert torch.allclose(model.ood_precision, model.ood_precision.T, atol=1e-2 * model.ood_precision.abs().max())
+    # only the trust buffers change: the network's weights are untouched
+    trust_buffers = {"photo_bias", "photo_temperature", "sequence_bias", "sequence_temperature",
+                     "ood_means", "ood_precision"}
+    for name, value in model.state_dict().items():
+        if name not in trust_buffers:
+            assert torch.equal(value, before[name]), name
+
+
+def test_fit_returns_the_card_entries(fitted) -> None:
+    _, _, card, *_ = fitted
+    assert set(card) == {"calibration", "inconclusive_below", "abstention", "ood"}
+    assert 0.0 < card["inconclusive_below"] < 1.0
+    assert set(card["ood"]) == OOD_KEYS
+    assert all(isinstance(v, float) and math.isfinite(v) for v in card["ood"].values())
+    assert card["ood"]["feature_distance"] > 0
+    assert 0 < card["ood"]["min_brightness"] < card["ood"]["max_brightness"] <= 254
+    abstention = card["abstention"]
+    assert abstention["threshold"] == card["inconclusive_below"]
+    assert isinstance(abstention["rule"], str) and 0 < abstention["val_coverage"] <= 1
+    curve = abstention["val_risk_coverage"]
+    assert isinstance(curve, list) and len(curve) > 1
+    assert [r["coverage"] for r in curve] == sorted(r["coverage"] for r in curve)
+    assert curve[-1]["coverage"] == 1.0
+    assert all(0.0 <= r["balanced_accuracy"] <= 1.0 for r in curve)
+
+
+def test_fitted_card_drives_the_predictor(fitted) -> None:
+    model, ham, card, *_ = fitted
+    predictor = Predictor(model, {"inconclusive_below": card["inconclusive_below"], "ood": card["ood"]}, CPU)
+    table = ham.table.assign(split=split_lesions(ham.table))
+    photos = [load_image(p) for p in table[table.split == "train"].path[:6]]
+    result = predictor.predict([*photos, Image.new("RGB", (64, 48), (128, 128, 128))], sequence=False)
+    assert result.status(len(photos)) == "out_of_distribution"
+    assert result.ood[len(photos)].reason == "blank"
+    # the photos the statistics were fitted on look like what the check expects
+    assert sum(result.status(i) != "out_of_distribution" for i in range(len(photos))) >= len(photos) - 1
+    assert result.inconclusive_below == card["inconclusive_below"]
+
+
+def test_limit_keeps_it_small(fitted) -> None:
+    *_, scored = fitted
+    # train features once, then each of the three framings of validation, LIMIT photos each
+    assert scored == [LIMIT] * 4
