@@ -53,7 +53,7 @@ if prediction.sequence is not None:
 
 for i, (photo, probs) in enumerate(zip(photos, prediction.photos)):
     st.divider()
-    st.subheader(photo.name)
+    st.subheader(common.safe(photo.name))
     c1, c2, c3 = st.columns([1, 1, 2])
     c1.image(photo.image, caption="photo", width="stretch")
     with c3:

@@ -56,9 +56,20 @@ class Photo:
     date: object = None
 
 
+DISPLAY_SIDE = 1024
+
+
+def safe(text: str) -> str:
+    """A file name shown as plain text, not as markdown (a name must not become a link)."""
+    return "".join("\\" + ch if ch in "\\`*[]()<>" else ch for ch in text)
+
+
 def decode(name: str, data: bytes) -> Photo:
-    """Decode one upload; raises ImageError with a message for the user."""
+    """Decode one upload; raises ImageError with a message for the user. The photo is kept
+    at most DISPLAY_SIDE pixels a side (the model sees 128): heatmap overlays and reports of
+    a 60-megapixel upload would otherwise cost gigabytes."""
     image = load_image(data, name=name)
+    image.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE))
     return Photo(name=name, image=image, digest=hashlib.sha256(data).hexdigest(), date=photo_date(data))
 
 
@@ -86,7 +97,7 @@ def decode_all(files: list) -> tuple[list[Photo], list[tuple[str, str]]]:
 def show_errors(errors: list[tuple[str, str]]) -> None:
     """One message next to each file that was not analysed."""
     for _name, message in errors:
-        st.error(f"Not analysed: {message}")
+        st.error(f"Not analysed: {safe(message)}")
 
 
 def sidebar() -> None:
