@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import CHROMEDRIVER, CHROMIUM, free_port, server_health
 from PIL import Image, ImageDraw
 
 from skin_model import CLASS_NAMES
@@ -28,24 +27,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CARD = REPO / "weights" / "model_card.json"
 HAM_DIR = Path(os.environ.get("HAM10000_DIR") or REPO.parent / "shared" / "ham10000").expanduser()
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 STARTUP_TIMEOUT = 180  # importing torch and loading the model on a busy CPU
 RESULT_TIMEOUT = 180  # first prediction and Grad-CAM on a busy CPU
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _health(url: str) -> str:
-    try:
-        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as response:
-            return response.read().decode().strip()
-    except OSError:
-        return ""
 
 
 @pytest.fixture
@@ -65,7 +48,7 @@ def app_url(tmp_path: Path):
         torch.manual_seed(0)
         checkpoint.save(SkinLesionNet(pretrained=False), tmp_path / "stub_weights", {"name": "tiny"})
         env["SKIN_MODEL_WEIGHTS"] = str(tmp_path / "stub_weights")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "streamlit.log"
     with open(log_path, "wb") as log:
@@ -77,7 +60,7 @@ def app_url(tmp_path: Path):
         )
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while _health(url) != "ok":
+        while server_health(url) != "ok":
             if server.poll() is not None:
                 pytest.fail(f"streamlit exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
             if time.monotonic() > deadline:
@@ -223,7 +206,7 @@ def test_upload_photo_then_broken_file(browser, app_url: str, tmp_path: Path) ->
         assert photo.name in text and "not a readable image" in text
         assert "Sequence prediction" not in text, "the broken file must not count as a second photo"
         assert not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
-        assert _health(app_url) == "ok"
+        assert server_health(app_url) == "ok"
     finally:  # also on failure, to see what went wrong; never hiding the original error
         try:
             _full_page_screenshot(browser, screenshot)
