@@ -10,17 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fhir.resources")
 from fhir.resources.R4B.bundle import Bundle  # noqa: E402
 
-from skin_model import checkpoint  # noqa: E402
 from skin_model.cli import main  # noqa: E402
 from skin_model.constants import CLASS_NAMES, CLASSES, DISCLAIMER  # noqa: E402
 from skin_model.fhir import CLASS_SYSTEM, REPORT_TEXT, diagnostic_report, parse_bundle, to_json  # noqa: E402
-from skin_model.model import SkinLesionNet  # noqa: E402
 from skin_model.predict import Prediction  # noqa: E402
 
 CARD = {"name": "tiny test model", "version": "0.0-test", "sha256": "fe" * 32}
@@ -48,14 +45,6 @@ def probability_values(observations: list, derived_from: str) -> dict[str, float
         if obs.valueQuantity is not None and refs == [derived_from]:
             out[obs.code.coding[0].code] = float(obs.valueQuantity.value)
     return out
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny_fhir")
-    torch.manual_seed(0)
-    checkpoint.save(SkinLesionNet(pretrained=False), directory, {"name": "tiny"})
-    return directory
 
 
 def test_bundle_validates_and_has_every_part() -> None:
@@ -132,14 +121,14 @@ def test_out_of_distribution_photo_has_status_but_no_probabilities() -> None:
     assert report.conclusionCode[0].coding[0].code == "df"
 
 
-def test_cli_writes_fhir_with_attached_pdf(tiny_dir: Path, tmp_path: Path) -> None:
+def test_cli_writes_fhir_with_attached_pdf(tiny_weights: Path, tmp_path: Path) -> None:
     paths = []
     for i in range(2):
         path = tmp_path / f"visit{i}.png"
         photo(i, (96, 72)).save(path)
         paths.append(str(path))
     out_json, out_pdf = tmp_path / "report.json", tmp_path / "report.pdf"
-    code = main(["predict", *paths, "--weights", str(tiny_dir), "--device", "cpu",
+    code = main(["predict", *paths, "--weights", str(tiny_weights), "--device", "cpu",
                  "--fhir", str(out_json), "--pdf", str(out_pdf)])
     assert code == 0
     bundle = Bundle.model_validate_json(out_json.read_text())
@@ -147,7 +136,7 @@ def test_cli_writes_fhir_with_attached_pdf(tiny_dir: Path, tmp_path: Path) -> No
     assert report.presentedForm[0].data == out_pdf.read_bytes()
     assert len(resources(bundle, "Media")) == 2
     assert len(resources(bundle, "Observation")) == 2 * (7 + 1)  # no --sequence: photos scored independently
-    card = json.loads((tiny_dir / "model_card.json").read_text())
+    card = json.loads((tiny_weights / "model_card.json").read_text())
     assert resources(bundle, "Device")[0].version[1].value == card["sha256"]
 
 

@@ -10,13 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
-from skin_model import checkpoint
 from skin_model.cli import main
 from skin_model.constants import CLASS_NAMES, CLASSES, DISCLAIMER, MALIGNANT
-from skin_model.model import SkinLesionNet
 from skin_model.predict import Prediction
 from skin_model.report import pdf_report, photo_status
 
@@ -43,14 +40,6 @@ def pdf_text(data: bytes) -> tuple[int, str]:
     reader = pypdf.PdfReader(io.BytesIO(data))
     text = " ".join(page.extract_text() for page in reader.pages)
     return len(reader.pages), re.sub(r"\s+", " ", text)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tiny_report")
-    torch.manual_seed(0)
-    checkpoint.save(SkinLesionNet(pretrained=False), directory, {"name": "tiny"})
-    return directory
 
 
 def test_single_photo_report_has_disclaimer_classes_and_checksum() -> None:
@@ -107,7 +96,7 @@ def test_mismatched_lengths_are_refused() -> None:
         pdf_report(pred, [photo(0)], ["a"], CARD, heatmaps=[None, None])
 
 
-def test_cli_folder_with_pdf_and_csv(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_folder_with_pdf_and_csv(tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     folder = tmp_path / "visits"
     folder.mkdir()
     for i, name in enumerate(["b_2020.jpg", "a_2019.png", "c_2021.jpg"]):
@@ -115,7 +104,7 @@ def test_cli_folder_with_pdf_and_csv(tiny_dir: Path, tmp_path: Path, capsys: pyt
     (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
     (folder / "notes.txt").write_text("ignored: not an image suffix")
     out_pdf, out_csv = tmp_path / "report.pdf", tmp_path / "scores.csv"
-    code = main(["predict", str(folder), "--sequence", "--weights", str(tiny_dir), "--device", "cpu",
+    code = main(["predict", str(folder), "--sequence", "--weights", str(tiny_weights), "--device", "cpu",
                  "--pdf", str(out_pdf), "--csv", str(out_csv)])
     captured = capsys.readouterr()
     assert code == 2  # the broken file is reported, the others are still scored
@@ -140,14 +129,14 @@ def test_cli_folder_with_pdf_and_csv(tiny_dir: Path, tmp_path: Path, capsys: pyt
     assert "broken.jpg" not in text
 
 
-def test_cli_no_readable_photo_writes_nothing(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_no_readable_photo_writes_nothing(tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG broken")
     out_pdf = tmp_path / "r.pdf"
-    assert main(["predict", str(bad), "--weights", str(tiny_dir), "--pdf", str(out_pdf)]) == 2
+    assert main(["predict", str(bad), "--weights", str(tiny_weights), "--pdf", str(out_pdf)]) == 2
     assert not out_pdf.exists()
     assert "no report was written" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["predict", str(empty), "--weights", str(tiny_dir)]) == 2
+    assert main(["predict", str(empty), "--weights", str(tiny_weights)]) == 2
     assert "holds no images" in capsys.readouterr().err
