@@ -12,11 +12,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .constants import CLASSES, META_DIM, SEXES, SITES
+
+if TYPE_CHECKING:  # pandas (about 60 MB resident) loads only when a dataset is read, not to score a photo
+    import pandas as pd
 
 METADATA_FILE = "HAM10000_metadata.csv"
 IMAGE_DIRS = ("images", "HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_images")
@@ -71,6 +74,8 @@ def _index_files(root: Path, folders: tuple[str, ...], suffix: str) -> dict[str,
 
 def load_ham10000(root: str | os.PathLike | None = None, require_images: bool = True) -> Ham10000:
     """Load the metadata and locate every image, with a clear error when parts are missing."""
+    import pandas as pd
+
     path = resolve_root(root)
     meta_path = path / METADATA_FILE
     if not meta_path.is_file():

@@ -1,9 +1,9 @@
 """Grad-CAM heatmaps with the pytorch-grad-cam package.
 
-The explainer owns a private copy of the network, guarded by a lock: CAM hooks
-never touch the model that serves predictions, so concurrent sessions cannot see
-each other's activations, and every CAM is used as a context manager so its
-hooks are released after each call.
+The explainer owns a private copy of the network's modules (over the same weight
+tensors), guarded by a lock: CAM hooks never touch the model that serves
+predictions, so concurrent sessions cannot see each other's activations, and every
+CAM is used as a context manager so its hooks are released after each call.
 """
 
 from __future__ import annotations
@@ -16,14 +16,20 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
-from pytorch_grad_cam.base_cam import BaseCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from .constants import CLASSES
+from .deferred_imports import deferred_imports
 from .images import ImageSource, load_image
 from .predict import Predictor
 from .presets import to_batch
+
+# Imported by pytorch-grad-cam only for functions this module never calls (see deferred_imports).
+CAM_UNUSED_IMPORTS = ("matplotlib", "matplotlib.lines", "matplotlib.pyplot", "scipy.ndimage", "scipy.sparse",
+                      "scipy.sparse.linalg", "sklearn.decomposition")
+with deferred_imports(CAM_UNUSED_IMPORTS):
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
+    from pytorch_grad_cam.base_cam import BaseCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 METHODS: dict[str, type[BaseCAM]] = {
     "Grad-CAM": GradCAM,
@@ -77,7 +83,13 @@ class Explainer:
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
-        self._model = copy.deepcopy(predictor.model).eval().requires_grad_(False)
+        # Private modules (for the hooks) over the serving model's tensors, not a copy of them:
+        # CAMs take gradients with respect to the photo only, and the weights would double the
+        # model's memory.
+        model = predictor.model
+        shared = {id(p): torch.nn.Parameter(p.detach(), requires_grad=False) for p in model.parameters()}
+        shared.update({id(b): b for b in model.buffers()})
+        self._model = copy.deepcopy(model, shared).eval()
         self._lock = threading.Lock()
 
     @property

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pypdf
 import pytest
 import streamlit as st
 import torch
 from PIL import Image, ImageDraw
+from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
-from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, checkpoint, load_image, load_predictor
+from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, checkpoint, fhir, load_image, load_predictor, report
 from skin_model.explain import METHODS
 from skin_model.metrics import classification_report
 from skin_model.model import SkinLesionNet
@@ -299,6 +301,37 @@ def test_classify_heatmap_controls_and_patient_context(app_env: Path, lesion_pho
     assert not at.exception
     expected = reference.predict([load_image(data)], age=70.0, sex="male", site="back").photos[0]
     assert_probs(bar_probs(charts(at)["chart_0"]), expected)
+
+
+def test_reports_are_built_on_click_not_on_every_rerun(app_env: Path, lesion_photos,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    deferred: dict[str, object] = {}  # file name -> the callable a click runs
+    add_deferred = MediaFileManager.add_deferred
+
+    def record(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
+        deferred[file_name] = data_callable
+        return add_deferred(self, data_callable, mimetype, coordinates, file_name, **kwargs)
+
+    built: list[str] = []
+    pdf_report, diagnostic_report = report.pdf_report, fhir.diagnostic_report
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    monkeypatch.setattr(report, "pdf_report", lambda *a, **k: built.append("pdf") or pdf_report(*a, **k))
+    monkeypatch.setattr(fhir, "diagnostic_report", lambda *a, **k: built.append("fhir") or diagnostic_report(*a, **k))
+
+    name, data = lesion_photos[0]
+    at = upload(_app(), [(name, data)])
+    at.slider(key="classify_opacity").set_value(0.9).run()
+    assert not at.exception
+    buttons = {b.key: b for b in at.get("download_button")}
+    assert set(buttons) == {"classify_pdf", "classify_fhir"}
+    assert all(b.proto.HasField("deferred_file_id") for b in buttons.values())
+    assert built == [], "no report is built until its button is clicked"
+
+    pdf = pypdf.PdfReader(io.BytesIO(deferred["skin-lesion-report.pdf"]()))
+    assert built == ["pdf"] and name in " ".join(page.extract_text() for page in pdf.pages)
+    bundle = fhir.parse_bundle(deferred["skin-lesion-report.fhir.json"]())
+    assert built == ["pdf", "fhir"]
+    assert [e.resource.get_resource_type() for e in bundle.entry].count("DiagnosticReport") == 1
 
 
 # ----------------------------------------------------------------------------- missing weights

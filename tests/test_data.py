@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +192,10 @@ def test_table_metadata(fake_ham) -> None:
         row = table.iloc[i]
         assert np.array_equal(meta[i], encode_metadata(row.age, row.sex, row.localization))
     assert table_metadata(table.iloc[:0]).shape == (0, META_DIM)
+
+
+def test_scoring_a_photo_does_not_load_pandas() -> None:
+    # A fresh interpreter (this one has pandas already): the app's classify page must not pay for it.
+    script = "import sys, skin_model.predict; assert 'pandas' not in sys.modules, 'pandas was imported'"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

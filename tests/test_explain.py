@@ -52,6 +52,15 @@ def test_heatmap_for_each_method(explainer: Explainer, predictor: Predictor, pho
     assert 0.0 < x < 1.0 and 0.0 < y < 1.0
 
 
+def test_explainer_shares_the_weights_and_leaves_the_serving_model_as_it_was(predictor: Predictor) -> None:
+    flags = [p.requires_grad for p in predictor.model.parameters()]
+    explainer = Explainer(predictor)
+    pairs = list(zip(explainer._model.parameters(), predictor.model.parameters(), strict=True))
+    assert all(a is not b and a.data_ptr() == b.data_ptr() for a, b in pairs)  # no second copy of the weights
+    assert not any(a.requires_grad for a, _ in pairs)
+    assert [p.requires_grad for p in predictor.model.parameters()] == flags
+
+
 def test_explainer_uses_a_private_copy(explainer: Explainer, predictor: Predictor) -> None:
     assert explainer._model is not predictor.model
     assert explainer.target_layer is explainer._model.cam_layer
