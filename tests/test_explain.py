@@ -1,16 +1,18 @@
-"""skin_model.explain: Grad-CAM heatmaps on the tiny test weights, hooks released, overlays."""
+"""skin_model.explain: Grad-CAM heatmaps on the tiny test weights, hooks released, overlays;
+and, with the shipped weights, heatmaps that point at the lesion."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
 from skin_model.constants import CLASSES, IMAGE_SIZE
-from skin_model.explain import METHODS, Explainer, Heatmap
+from skin_model.explain import METHODS, Explainer, Heatmap, default_method
 from skin_model.predict import Predictor, load_predictor
 
 
@@ -133,3 +135,47 @@ def test_overlay_accepts_other_modes(lesion_photo) -> None:
     arr = np.asarray(out, dtype=int)
     assert arr[1, 30, 2] > arr[1, 30, 0] and arr[-2, 30, 0] > arr[-2, 30, 2]
     assert heat.peak() == pytest.approx(((IMAGE_SIZE - 0.5) / IMAGE_SIZE, (IMAGE_SIZE - 0.5) / IMAGE_SIZE))
+
+
+# ----------------------------------------------------------------------------- shipped weights
+
+
+def irregular_lesion(size: tuple[int, int], centre: tuple[float, float], radius: float = 0.13,
+                     seed: int = 0) -> tuple[Image.Image, np.ndarray]:
+    """A noisy skin-coloured photo with one dark brown blob of wavy outline, and the blob's mask.
+
+    `centre` is a fraction of the width and height, `radius` of the shorter side.
+    """
+    w, h = size
+    rng = np.random.default_rng(seed)
+    cx, cy, r = centre[0] * w, centre[1] * h, radius * min(w, h)
+    phase = rng.uniform(0, 2 * math.pi, 2)
+    outline = []
+    for t in np.linspace(0, 2 * math.pi, 48, endpoint=False):
+        k = 1 + 0.18 * math.sin(3 * t + phase[0]) + 0.1 * math.sin(5 * t + phase[1]) + 0.05 * rng.standard_normal()
+        outline.append((cx + r * k * math.cos(t), cy + r * k * math.sin(t)))
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).polygon(outline, fill=255)
+    blend = np.asarray(mask.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float32)[..., None] / 255.0
+    skin, brown = np.array([226, 178, 152], np.float32), np.array([92, 56, 34], np.float32)
+    arr = skin * (1 - blend) + brown * blend + rng.integers(-8, 9, size=(h, w, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)), np.asarray(mask) > 127
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Explainer:
+    """The shipped weights (checksum verified), whatever their input size."""
+    return Explainer(load_predictor(device="cpu"))
+
+
+@pytest.mark.parametrize("size", [(224, 224), (200, 150)])
+@pytest.mark.parametrize("centre", [(0.3, 0.35), (0.7, 0.65), (0.7, 0.3)])
+def test_shipped_heatmap_peaks_on_the_lesion(shipped: Explainer, size: tuple[int, int],
+                                             centre: tuple[float, float]) -> None:
+    photo, mask = irregular_lesion(size, centre)
+    method = default_method(shipped.predictor.card)  # what the app shows first
+    fx, fy = shipped.heatmap(photo, method=method).peak()
+    x, y = fx * size[0], fy * size[1]  # the peak in photo pixels
+    ys, xs = np.nonzero(mask)
+    distance = float(np.hypot(xs + 0.5 - x, ys + 0.5 - y).min())
+    assert distance <= 3.0, f"{method} peaks at ({x:.0f}, {y:.0f}), {distance:.0f} px from the lesion"
