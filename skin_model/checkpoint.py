@@ -32,8 +32,15 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "efficientnet-lite3",
+             "efficientnet-lite4")
+
+
 def card_constants() -> dict[str, Any]:
-    """The constants a model card must carry and a predictor must agree with."""
+    """The constants a model card must carry and a predictor must agree with.
+
+    Backbone and input size are the training defaults here; a card may name others
+    (they travel with the weights and the predictor follows them)."""
     return {
         "classes": list(C.CLASSES),
         "class_names": dict(C.CLASS_NAMES),
@@ -54,7 +61,8 @@ def save(model: SkinLesionNet, directory: str | Path, card: dict[str, Any]) -> P
     weights = directory / C.WEIGHTS_FILE
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights), metadata={"format": "pt"})
-    full = {**card, **card_constants(), "weights_file": C.WEIGHTS_FILE, "sha256": sha256(weights),
+    full = {**card, **card_constants(), "backbone": model.backbone, "image_size": model.image_size,
+            "weights_file": C.WEIGHTS_FILE, "sha256": sha256(weights),
             "size_bytes": weights.stat().st_size}
     (directory / C.CARD_FILE).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
     return weights
@@ -85,12 +93,18 @@ def load(directory: str | Path | None = None, strict: bool = True) -> tuple[Skin
             f"the file has {actual}; refusing to load altered weights"
         )
     expected = card_constants()
-    differing = [k for k, v in expected.items() if card.get(k) != v]
+    differing = [k for k, v in expected.items() if k not in ("backbone", "image_size") and card.get(k) != v]
+    size = card.get("image_size")
+    if not isinstance(size, int) or not 32 <= size <= 1024:
+        differing.append("image_size")
+    if card.get("backbone") not in BACKBONES:
+        differing.append("backbone")
     if differing:
         raise WeightsError(f"model card disagrees with this code on: {', '.join(differing)}")
-    model = SkinLesionNet(pretrained=False)
+    model = SkinLesionNet(backbone=card["backbone"], image_size=size, pretrained=False)
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    allowed = {"ood_means", "ood_precision"} if not strict else set()
+    # Weights from before the sequence mix was fitted apply the full LSTM correction (its default).
+    allowed = {"ood_means", "ood_precision", "sequence_mix"} if not strict else {"sequence_mix"}
     if unexpected or set(missing) - allowed:
         raise WeightsError(f"weights do not fit this model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
     model.eval()

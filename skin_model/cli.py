@@ -21,6 +21,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablate(args: argparse.Namespace) -> int:
+    from .ablate import format_table, run
+    from .train import TrainConfig
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    result = run(cfg, out=args.json_out, budget_min=args.budget_min)
+    if args.flags_out:
+        Path(args.flags_out).write_text(result["best_flags"] + "\n")
+    print(format_table(result))
+    print(f"best recipe: {result['best_flags']}")
+    return 0
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from . import checkpoint
     from .data import load_ham10000
@@ -198,13 +211,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train on HAM10000 and write weights + model card")
+    ab = sub.add_parser("ablate", help="try the training levers one by one on validation; write the table and "
+                                       "the winning recipe's flags")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         default = getattr(defaults, f.name)
         # Optional fields (default None) take their type from the annotation, e.g. "float | None".
         kind = type(default) if default is not None else {"int | None": int, "float | None": float}.get(str(f.type), str)
-        train.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default)
+        for p in (train, ab):
+            p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default)
     train.set_defaults(func=_train)
+    ab.add_argument("--json-out", help="write the ablation (rows, best recipe) as JSON here")
+    ab.add_argument("--flags-out", help="write the winning recipe's `skin-model train` flags here")
+    ab.add_argument("--budget-min", type=float, help="wall-clock budget for all rows together")
+    ab.set_defaults(func=_ablate)
 
     ev = sub.add_parser("evaluate", help="metrics on a lesion-grouped split")
     ev.add_argument("--data", help="HAM10000 folder (default: $HAM10000_DIR)")

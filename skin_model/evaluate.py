@@ -35,7 +35,7 @@ def photo_outputs(model: SkinLesionNet, images: list[Image.Image], device: torch
     """Pooled features and raw (uncalibrated) per-photo logits."""
     feats, logits = [], []
     for start in range(0, len(images), batch_size):
-        x = to_batch(images[start:start + batch_size]).to(device)
+        x = to_batch(images[start:start + batch_size], model.image_size).to(device)
         f = model.features(x)
         m = None if meta is None else torch.as_tensor(meta[start:start + batch_size], device=device)
         feats.append(f.float().cpu())
@@ -87,7 +87,7 @@ def ood_scores(model: SkinLesionNet, card: dict[str, Any], photos: list[Image.Im
     for start in range(0, len(photos), batch_size):
         chunk = photos[start:start + batch_size]
         with torch.no_grad():
-            feats = model.features(to_batch(chunk).to(device))
+            feats = model.features(to_batch(chunk, model.image_size).to(device))
         for v in checker.check(chunk, feats):
             scores.append(v.score)
             reasons.append(v.reason)

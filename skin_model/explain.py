@@ -102,7 +102,7 @@ class Explainer:
         if method not in METHODS:
             raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}")
         photos = [img if isinstance(img, Image.Image) else load_image(img) for img in images]
-        x = to_batch(photos).to(self.predictor.device).requires_grad_(True)
+        x = to_batch(photos, self.predictor.model.image_size).to(self.predictor.device).requires_grad_(True)
         targets = targets or [None] * len(photos)
         with self._lock:
             with torch.no_grad():

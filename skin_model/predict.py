@@ -102,7 +102,7 @@ class Predictor:
         if not images:
             raise ValueError("no photos given")
         pil = [img if isinstance(img, Image.Image) and img.mode == "RGB" else load_image(img) for img in images]
-        x = to_batch(pil).to(self.device)
+        x = to_batch(pil, self.model.image_size).to(self.device)
         meta = self._meta(len(pil), age, sex, site)
         feats = self.model.features(x)
         raw = self.model.photo_logits(feats, meta)

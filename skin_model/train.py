@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import copy
+import math
 import platform
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,39 +23,40 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision.transforms import v2
 from tqdm import tqdm
 
 from . import checkpoint, trust
-from .constants import CLASSES, IMAGE_SIZE, MAX_SEQUENCE
+from .constants import BACKBONE, CLASSES, IMAGE_SIZE, MAX_SEQUENCE
 from .data import Ham10000, load_ham10000, split_lesions, table_metadata
 from .devices import describe, select_device
 from .evaluate import evaluate_heatmaps, evaluate_ood, evaluate_split, lesion_groups
 from .metrics import classification_report
 from .model import SkinLesionNet
 from .predict import Predictor
-from .presets import eval_transform, train_transform
+from .presets import augment_batch, resize_batch
 
 
 @dataclass
 class TrainConfig:
     data: str | None = None
     out: str = "weights"
+    backbone: str = BACKBONE
+    image_size: int = IMAGE_SIZE
     epochs: int = 8
     batch_size: int = 64
     lr: float = 1e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.05
     freeze_blocks: int = 5
     label_smoothing: float = 0.1
     sampling_power: float = 0.5
+    mixup: float = 0.0
     views: int = 4
     sequence_steps: int = 2000
     seed: int = 0
-    workers: int = 2
     limit: int | None = None
     device: str | None = None
     time_budget_min: float | None = None
+    heatmap_photos: int = 200
 
 
 def seed_everything(seed: int) -> None:
@@ -62,36 +65,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class PhotoSet(Dataset):
-    """Preloaded uint8 photos with a transform; returns (tensor, label)."""
+def preload(paths: list[str], size: int = IMAGE_SIZE) -> torch.Tensor:
+    """Decode every photo once into one uint8 (N, 3, H, W) tensor.
 
-    def __init__(self, photos: list[torch.Tensor], labels: np.ndarray, transform: v2.Compose) -> None:
-        self.photos, self.labels, self.transform = photos, labels, transform
+    All photos share the first photo's aspect ratio (HAM10000's 4:3; others are
+    squashed, as inference squashes every photo to a square), with the long side
+    at most twice the input size (the official 600x450 photos shrink, the 200x150
+    copies stay as they are)."""
+    with Image.open(paths[0]) as first:
+        w0, h0 = first.size
+    width = min(w0, 2 * size)
+    height = max(1, round(width * h0 / w0))
 
-    def __len__(self) -> int:
-        return len(self.photos)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.photos[i]), int(self.labels[i])
-
-
-def preload(paths: list[str], max_side: int = int(IMAGE_SIZE * 2.5)) -> list[torch.Tensor]:
-    """Decode every photo once into memory (the official 600x450 ones shrunk first)."""
-    out = []
-    for p in tqdm(paths, desc="decode", leave=False):
-        with Image.open(p) as img:
+    def decode(path: str) -> np.ndarray:
+        with Image.open(path) as img:
             img = img.convert("RGB")
-            img.thumbnail((max_side, max_side))
-            out.append(v2.functional.pil_to_tensor(img))
-    return out
+            if img.size != (width, height):
+                img = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            return np.asarray(img)
 
-
-def _tensor_eval_transform() -> v2.Compose:
-    pil = eval_transform()
-    return v2.Compose([t for t in pil.transforms if not isinstance(t, v2.PILToTensor)])
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(paths) // 64))) as pool:
+        arrays = list(tqdm(pool.map(decode, paths), total=len(paths), desc="decode", leave=False))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def _freeze_early(model: SkinLesionNet, n_blocks: int) -> list[nn.Module]:
+    if n_blocks <= 0:
+        return []
     enc = model.encoder
     frozen = [enc._conv_stem, enc._bn0, *enc._blocks[:n_blocks]]
     for module in frozen:
@@ -99,17 +99,32 @@ def _freeze_early(model: SkinLesionNet, n_blocks: int) -> list[nn.Module]:
     return frozen
 
 
+def _autocast(device: torch.device) -> torch.autocast:
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _to_device_batch(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
 @torch.no_grad()
-def _features(model: SkinLesionNet, photos: list[torch.Tensor], transform: v2.Compose, device: torch.device,
-              batch_size: int, workers: int) -> np.ndarray:
+def features_of(model: SkinLesionNet, photos: torch.Tensor, device: torch.device, augment: bool = False,
+                batch_size: int = 128, generator: torch.Generator | None = None) -> np.ndarray:
+    """Pooled encoder features of preloaded photos: the inference view, or one random training view."""
     model.eval()
-    loader = DataLoader(PhotoSet(photos, np.zeros(len(photos)), transform), batch_size=batch_size * 2,
-                        num_workers=workers)
     out = []
-    for x, _ in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model.features(x.to(device)).float().cpu())
+    for start in range(0, len(photos), batch_size):
+        chunk = photos[start:start + batch_size].to(device, non_blocking=True)
+        x = augment_batch(chunk, model.image_size, generator) if augment else resize_batch(chunk, model.image_size)
+        with _autocast(device):
+            out.append(model.features(_to_device_batch(x, device)).float().cpu())
     return torch.cat(out).numpy()
+
+
+def photo_logits_of(model: SkinLesionNet, feats: np.ndarray, device: torch.device) -> np.ndarray:
+    with torch.no_grad():
+        return model.photo_logits(torch.as_tensor(feats, device=device)).float().cpu().numpy()
 
 
 class Schedule:
@@ -139,56 +154,83 @@ class Schedule:
         return self.done
 
 
-def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: list[torch.Tensor], labels: np.ndarray,
-                  val_photos: list[torch.Tensor], val_labels: np.ndarray, device: torch.device) -> dict[str, Any]:
-    """Stage 1: fine-tune encoder + photo head; keep the epoch with the best validation balanced accuracy."""
+def mix(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix or mixup (half the time each) with a shuffled copy of the batch; returns
+    the mixed photos, the partner labels and the share of the original."""
+    perm = torch.randperm(len(x), device=x.device, generator=generator)
+    lam = torch.rand(1, device=x.device, generator=generator).item()  # Beta(1, 1)
+    if torch.rand(1, device=x.device, generator=generator).item() < 0.5:
+        return lam * x + (1 - lam) * x[perm], y[perm], lam
+    h, w = x.shape[-2:]
+    ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+    top = int(torch.randint(0, h - ch + 1, (1,), generator=generator, device=x.device))
+    left = int(torch.randint(0, w - cw + 1, (1,), generator=generator, device=x.device))
+    x = x.clone()
+    x[..., top:top + ch, left:left + cw] = x[perm][..., top:top + ch, left:left + cw]
+    return x, y[perm], 1 - ch * cw / (h * w)
+
+
+def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, labels: np.ndarray,
+                  val_photos: torch.Tensor, val_labels: np.ndarray, device: torch.device) -> dict[str, Any]:
+    """Stage 1: fine-tune encoder + photo head on augmented batches drawn with class-rebalanced
+    sampling; keep the epoch with the best validation balanced accuracy + macro AUC."""
     frozen = _freeze_early(model, cfg.freeze_blocks)
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
-    weights = counts[labels] ** (cfg.sampling_power - 1.0)
-    sampler = WeightedRandomSampler(torch.as_tensor(weights), num_samples=len(labels), replacement=True,
-                                    generator=torch.Generator().manual_seed(cfg.seed))
-    loader = DataLoader(PhotoSet(photos, labels, train_transform()), batch_size=cfg.batch_size, sampler=sampler,
-                        num_workers=cfg.workers, drop_last=len(labels) > cfg.batch_size,
-                        persistent_workers=cfg.workers > 0)
+    weights = torch.as_tensor(counts[labels] ** (cfg.sampling_power - 1.0), device=device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    bank = photos.to(device)
+    y_all = torch.tensor(labels, device=device)
+    steps_per_epoch = max(1, len(labels) // cfg.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr * 0.01, weight_decay=cfg.weight_decay)
-    schedule = Schedule(cfg.lr, cfg.epochs * len(loader), cfg.time_budget_min)
+    schedule = Schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.time_budget_min)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    best: dict[str, Any] = {"balanced_accuracy": -1.0}
+    best: dict[str, Any] = {"score": -1.0}
     history = []
+    seen, start = 0, time.time()
     for epoch in range(cfg.epochs):
         model.train()
         for module in frozen:
             module.eval()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        order = torch.multinomial(weights, steps_per_epoch * cfg.batch_size, replacement=True, generator=gen)
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=5)
         total = 0.0
-        for step, (x, y) in enumerate(bar, 1):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = loss_fn(model.photo_logits(model.features(x)), y)
+        for step in bar:
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x, y = augment_batch(bank[idx], model.image_size, gen), y_all[idx]
+            partner, lam = y, 1.0
+            if cfg.mixup and torch.rand(1, device=device, generator=gen).item() < cfg.mixup:
+                x, partner, lam = mix(x, y, gen)
+            with _autocast(device):
+                logits = model.photo_logits(model.features(_to_device_batch(x, device)))
+                loss = lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, partner)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item()
-            bar.set_postfix(loss=f"{total / step:.3f}")
+            seen += len(idx)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{total / (step + 1):.3f}")
             if schedule.step(opt):
                 break
-        feats = _features(model, val_photos, _tensor_eval_transform(), device, cfg.batch_size, cfg.workers)
-        with torch.no_grad():
-            logits = model.photo_logits(torch.as_tensor(feats, device=device)).float().cpu()
-        rep = classification_report(logits.softmax(1).numpy(), val_labels)
-        history.append({"epoch": epoch + 1, "steps": schedule.steps, "loss": total / max(1, len(loader)),
-                        "val_balanced_accuracy": rep["balanced_accuracy"], "val_accuracy": rep["accuracy"]})
-        tqdm.write(f"epoch {epoch + 1}: loss {total / max(1, len(loader)):.4f} val bal-acc "
-                   f"{rep['balanced_accuracy']:.4f} acc {rep['accuracy']:.4f}")
-        if rep["balanced_accuracy"] > best["balanced_accuracy"]:
-            best = {"balanced_accuracy": rep["balanced_accuracy"], "epoch": epoch + 1,
-                    "state": copy.deepcopy(model.state_dict())}
+        logits = photo_logits_of(model, features_of(model, val_photos, device), device)
+        rep = classification_report(torch.as_tensor(logits).softmax(1).numpy(), val_labels)
+        score = float(np.nan_to_num(rep["balanced_accuracy"] + rep["macro_auc"], nan=-0.5))
+        history.append({"epoch": epoch + 1, "steps": schedule.steps, "loss": total / max(1, step + 1),
+                        "val_balanced_accuracy": rep["balanced_accuracy"], "val_accuracy": rep["accuracy"],
+                        "val_macro_auc": rep["macro_auc"], "seconds": round(time.time() - start, 1)})
+        tqdm.write(f"epoch {epoch + 1}: loss {total / max(1, step + 1):.4f} val bal-acc "
+                   f"{rep['balanced_accuracy']:.4f} acc {rep['accuracy']:.4f} auc {rep['macro_auc']:.4f} "
+                   f"({time.time() - start:.0f} s)")
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
         if schedule.done:
             break
     model.load_state_dict(best.pop("state"))
     model.requires_grad_(True)
-    return {"history": history, "best_epoch": best["epoch"]}
+    elapsed = time.time() - start
+    return {"history": history, "best_epoch": best["epoch"], "seconds": round(elapsed, 1),
+            "photos_per_second": round(seen / max(elapsed, 1e-9), 1)}
 
 
 def train_sequence(model: SkinLesionNet, cfg: TrainConfig, feats: np.ndarray, labels: np.ndarray,
@@ -263,21 +305,31 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     train_t = table[table.split == "train"].reset_index(drop=True)
     val_t = table[table.split == "val"].reset_index(drop=True)
     labels, val_labels = train_t.label.to_numpy(), val_t.label.to_numpy()
-    photos, val_photos = preload(list(train_t.path)), preload(list(val_t.path))
+    photos, val_photos = preload(list(train_t.path), cfg.image_size), preload(list(val_t.path), cfg.image_size)
 
-    model = SkinLesionNet(pretrained=True).to(device)
+    model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=True).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
     stage1 = train_encoder(model, cfg, photos, labels, val_photos, val_labels, device)
     t1 = time.time() - start
 
-    views = [_features(model, photos, _tensor_eval_transform(), device, cfg.batch_size, cfg.workers)]
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    views = [features_of(model, photos, device)]
     for _ in range(cfg.views):
-        views.append(_features(model, photos, train_transform(), device, cfg.batch_size, cfg.workers))
+        views.append(features_of(model, photos, device, augment=True, generator=gen))
     stage2 = train_sequence(model, cfg, np.stack(views), labels, table_metadata(train_t),
                             lesion_groups(train_t), device)
     training = {"config": asdict(cfg), "stage1": stage1, "stage2": stage2, "hardware": hardware(),
                 "device": describe(device), "torch": torch.__version__, "stage1_seconds": round(t1, 1),
                 "seconds": round(time.time() - start, 1)}
-    return finish(model, ham, training, Path(cfg.out), device, seed=cfg.seed, limit=cfg.limit)
+    model = model.to(memory_format=torch.contiguous_format)
+    # Written before the trust layer is fitted, so a run cut short still leaves usable
+    # weights (`skin-model calibrate` finishes them); finish() overwrites both files.
+    checkpoint.save(model, Path(cfg.out), {"name": "skin-model CNN-LSTM (not yet calibrated)", "training": training})
+    model.to(device)
+    return finish(model, ham, training, Path(cfg.out), device, seed=cfg.seed, limit=cfg.limit,
+                  heatmap_photos=cfg.heatmap_photos)
 
 
 def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: Path, device: torch.device,
@@ -290,13 +342,14 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
     card = {"inconclusive_below": trust_card["inconclusive_below"], "ood": trust_card["ood"]}
     metrics = evaluate_split(model, ham, "test", device, seed=seed, limit=limit, card=card)
     metrics["ood"] = evaluate_ood(model, card, ham, "test", device, seed=seed, limit=limit)
-    metrics["heatmaps"] = evaluate_heatmaps(Predictor(model, card, device), ham, "test", seed=seed,
-                                            limit=min(heatmap_photos, limit or heatmap_photos))
+    if heatmap_photos:
+        metrics["heatmaps"] = evaluate_heatmaps(Predictor(model, card, device), ham, "test", seed=seed,
+                                                limit=min(heatmap_photos, limit or heatmap_photos))
     train_t = ham.table.assign(split=split_lesions(ham.table, seed))
     counts = train_t.split.value_counts().to_dict()
     card = {
         "name": "skin-model CNN-LSTM",
-        "architecture": "EfficientNet-Lite0 (ImageNet) encoder -> per-photo head; LSTM(256) over the "
+        "architecture": f"{model.backbone} (ImageNet) at {model.image_size} px encoder -> per-photo head; LSTM(256) over the "
                         "time-ordered photos of one lesion -> sequence head (mean of photo logits + LSTM "
                         "correction); optional patient context (age, sex, site) as an additive head",
         "training": {**training, "calibration": trust_card["calibration"]},

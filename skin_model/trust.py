@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -22,6 +23,28 @@ from .model import SkinLesionNet
 
 def _photos(paths: list[str]) -> list:
     return [load_image(p) for p in tqdm(paths, desc="decode", leave=False)]
+
+
+def _fit_sequence(model: SkinLesionNet, val_t: pd.DataFrame, feats: np.ndarray, logits: np.ndarray, counts: np.ndarray,
+                  device: torch.device, min_lesions: int = 30) -> dict[str, Any]:
+    """Calibrate the sequence head where it is used: on validation lesions with two or
+    more photos (all lesions when there are too few). The weight of the LSTM's correction
+    (1, 0.5 or 0: plain mean of the photos' logits) is chosen there too, so the sequence
+    never does worse on validation than the photos' consensus it starts from."""
+    labels = val_t.label.to_numpy()
+    groups = lesion_groups(val_t, min_photos=2)
+    if len(groups) < min_lesions:
+        groups = lesion_groups(val_t)
+    seq_labels = np.array([labels[g[0]] for g in groups])
+    best: dict[str, Any] | None = None
+    for mix in (1.0, 0.5, 0.0):
+        model.sequence_mix.fill_(mix)
+        fit = fit_calibration(lesion_sequence_logits(model, feats, logits, groups, device), seq_labels, counts)
+        if best is None or fit["score"] > best["score"]:
+            best = {**fit, "mix": mix, "val_lesions": len(groups)}
+    assert best is not None
+    model.sequence_mix.fill_(best["mix"])
+    return best
 
 
 @torch.no_grad()
@@ -59,10 +82,7 @@ def fit(model: SkinLesionNet, ham: Ham10000, device: torch.device, seed: int = 0
 
     counts = np.bincount(train_t.label.to_numpy(), minlength=n)
     photo_fit = fit_calibration(val_logits, val_labels, counts)
-    groups = lesion_groups(val_t)
-    seq_labels = np.array([val_labels[g[0]] for g in groups])
-    seq_logits = lesion_sequence_logits(model, val_feats, val_logits, groups, device)
-    seq_fit = fit_calibration(seq_logits, seq_labels, np.bincount(seq_labels, minlength=n))
+    seq_fit = _fit_sequence(model, val_t, val_feats, val_logits, counts, device)
     for kind, f in (("photo", photo_fit), ("sequence", seq_fit)):
         getattr(model, f"{kind}_bias").copy_(torch.as_tensor(f["bias"]))
         getattr(model, f"{kind}_temperature").fill_(float(f["temperature"]))

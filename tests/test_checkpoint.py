@@ -74,13 +74,21 @@ def test_card_with_other_classes_is_refused(saved: Path) -> None:
         checkpoint.load(saved)
 
 
-def test_card_with_other_image_size_is_refused(saved: Path) -> None:
+def test_card_with_other_normalisation_or_unknown_backbone_is_refused(saved: Path) -> None:
     card = _card(saved)
-    card["image_size"] = 224
     card["mean"] = [0.485, 0.456, 0.406]
+    card["backbone"] = "resnet50"
+    card["image_size"] = "big"
     (saved / CARD_FILE).write_text(json.dumps(card))
-    with pytest.raises(WeightsError, match="mean, .*image_size"):
+    with pytest.raises(WeightsError, match="mean, image_size, backbone"):
         checkpoint.load(saved)
+
+
+def test_model_follows_the_cards_input_size(tmp_path: Path) -> None:
+    model = SkinLesionNet(pretrained=False, image_size=96).eval()
+    checkpoint.save(model, tmp_path, {})
+    loaded, card = checkpoint.load(tmp_path)
+    assert card["image_size"] == loaded.image_size == 96
 
 
 def test_missing_card(saved: Path) -> None:

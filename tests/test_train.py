@@ -25,7 +25,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, fake_ham_at) -> tuple[Path
     # 4 lesions per class (1 or 2 photos each): 42 photos, and every split gets lesions
     data = fake_ham_at(root / "ham", "flat", lesions_per_class=4, images_per_lesion=(1, 2))
     out = root / "weights"
-    cfg = TrainConfig(data=str(data), out=str(out), epochs=1, limit=16, views=1, sequence_steps=5, workers=0,
+    cfg = TrainConfig(data=str(data), out=str(out), epochs=1, limit=16, views=1, sequence_steps=5,
                       batch_size=8, device="cpu")
     card = run(cfg)
     return data, out, card
