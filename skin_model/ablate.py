@@ -20,7 +20,7 @@ import torch
 
 from .calibration import fit_calibration, softmax
 from .constants import CLASSES
-from .data import load_ham10000, split_lesions
+from .data import load_ham10000, training_tables
 from .devices import select_device
 from .metrics import classification_report
 from .model import SkinLesionNet
@@ -71,11 +71,7 @@ def run(base: TrainConfig, levers: list[tuple[str, dict[str, Any]]] = LEVERS, ou
     start = time.time()
     device = select_device(base.device)
     ham = load_ham10000(base.data)
-    table = ham.table.assign(split=split_lesions(ham.table, base.seed))
-    if base.limit:
-        table = table.sample(frac=1.0, random_state=base.seed).groupby("split").head(base.limit)
-    train_t = table[table.split == "train"].reset_index(drop=True)
-    val_t = table[table.split == "val"].reset_index(drop=True)
+    train_t, val_t = training_tables(ham.table, base.seed, base.limit)
     labels, val_labels = train_t.label.to_numpy(), val_t.label.to_numpy()
     counts = np.bincount(labels, minlength=len(CLASSES))
     banks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

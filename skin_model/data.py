@@ -127,6 +127,16 @@ def split_lesions(table: pd.DataFrame, seed: int = 0, fractions: tuple[float, fl
     return table.lesion_id.map(assignment).rename("split")
 
 
+def training_tables(table: pd.DataFrame, seed: int = 0, limit: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The train and validation rows of the lesion-grouped split; `limit` keeps that many
+    random photos per split (quick smoke runs)."""
+    table = table.assign(split=split_lesions(table, seed))
+    if limit:
+        table = table.sample(frac=1.0, random_state=seed).groupby("split").head(limit)
+    return (table[table.split == "train"].reset_index(drop=True),
+            table[table.split == "val"].reset_index(drop=True))
+
+
 def encode_metadata(age: float | None = None, sex: str | None = None, site: str | None = None) -> np.ndarray:
     """Patient context as a fixed-length vector; unknown fields are all zeros plus a flag."""
     vec = np.zeros(META_DIM, dtype=np.float32)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import checkpoint, trust
 from .constants import BACKBONE, CLASSES, IMAGE_SIZE, MAX_SEQUENCE
-from .data import Ham10000, load_ham10000, split_lesions, table_metadata
+from .data import Ham10000, load_ham10000, split_lesions, table_metadata, training_tables
 from .devices import describe, select_device
 from .evaluate import evaluate_heatmaps, evaluate_ood, evaluate_split, lesion_groups
 from .metrics import classification_report
@@ -299,11 +299,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     device = select_device(cfg.device)
     tqdm.write(f"training on {describe(device)}")
     ham = load_ham10000(cfg.data)
-    table = ham.table.assign(split=split_lesions(ham.table, cfg.seed))
-    if cfg.limit:
-        table = table.sample(frac=1.0, random_state=cfg.seed).groupby("split").head(cfg.limit)
-    train_t = table[table.split == "train"].reset_index(drop=True)
-    val_t = table[table.split == "val"].reset_index(drop=True)
+    train_t, val_t = training_tables(ham.table, cfg.seed, cfg.limit)
     labels, val_labels = train_t.label.to_numpy(), val_t.label.to_numpy()
     photos, val_photos = preload(list(train_t.path), cfg.image_size), preload(list(val_t.path), cfg.image_size)
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from . import abstain, ood
 from .calibration import fit_calibration
 from .constants import CLASSES
-from .data import Ham10000, split_lesions
+from .data import Ham10000, training_tables
 from .evaluate import VARIANTS, calibrated_probs, lesion_groups, lesion_sequence_logits, photo_outputs
 from .images import load_image
 from .model import SkinLesionNet
@@ -53,11 +53,7 @@ def fit(model: SkinLesionNet, ham: Ham10000, device: torch.device, seed: int = 0
 
     `limit` keeps only that many photos per split (for quick smoke runs)."""
     model.eval()
-    table = ham.table.assign(split=split_lesions(ham.table, seed))
-    if limit:
-        table = table.sample(frac=1.0, random_state=seed).groupby("split").head(limit)
-    train_t = table[table.split == "train"].reset_index(drop=True)
-    val_t = table[table.split == "val"].reset_index(drop=True)
+    train_t, val_t = training_tables(ham.table, seed, limit)
     n = len(CLASSES)
 
     train_feats, _ = photo_outputs(model, _photos(list(train_t.path)), device)

@@ -21,6 +21,7 @@ from skin_model.data import (
     resolve_root,
     split_lesions,
     table_metadata,
+    training_tables,
 )
 
 
@@ -199,3 +200,14 @@ def test_scoring_a_photo_does_not_load_pandas() -> None:
     script = "import sys, skin_model.predict; assert 'pandas' not in sys.modules, 'pandas was imported'"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_training_tables_are_the_splits_train_and_val_rows(fake_ham) -> None:
+    table = load_ham10000(fake_ham()).table
+    split = split_lesions(table)
+    train, val = training_tables(table)
+    assert sorted(train.image_id) == sorted(table.image_id[split == "train"])
+    assert sorted(val.image_id) == sorted(table.image_id[split == "val"])
+    small_train, small_val = training_tables(table, limit=3)
+    assert len(small_train) == min(3, len(train)) and len(small_val) == min(3, len(val))
+    assert set(small_train.image_id) <= set(train.image_id) and set(small_val.image_id) <= set(val.image_id)
