@@ -24,7 +24,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, bias: np.ndarray | N
         return loss
 
     opt.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

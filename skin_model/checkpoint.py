@@ -103,8 +103,9 @@ def load(directory: str | Path | None = None, strict: bool = True) -> tuple[Skin
         raise WeightsError(f"model card disagrees with this code on: {', '.join(differing)}")
     model = SkinLesionNet(backbone=card["backbone"], image_size=size, pretrained=False)
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    # Weights from before the sequence mix was fitted apply the full LSTM correction (its default).
-    allowed = {"ood_means", "ood_precision", "sequence_mix"} if not strict else {"sequence_mix"}
+    # Weights from before the sequence pooling was fitted use its defaults (full LSTM correction, plain mean).
+    fitted_later = {"sequence_mix", "sequence_sharpness"}
+    allowed = {"ood_means", "ood_precision", *fitted_later} if not strict else fitted_later
     if unexpected or set(missing) - allowed:
         raise WeightsError(f"weights do not fit this model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
     model.eval()

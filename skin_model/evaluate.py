@@ -18,7 +18,7 @@ from .calibration import softmax
 from .constants import CLASSES
 from .data import Ham10000, split_lesions, table_metadata
 from .images import load_image
-from .metrics import auc_ovr, classification_report, reliability
+from .metrics import auc_ovr, bootstrap_intervals, classification_report, reliability
 from .model import SkinLesionNet
 from .presets import centre_crop, to_batch
 
@@ -177,11 +177,16 @@ def evaluate_split(model: SkinLesionNet, ham: Ham10000, split: str = "test", dev
     photo_probs = calibrated_probs(model, base_logits, "photo")
     seq_probs = calibrated_probs(model, lesion_sequence_logits(model, base_feats, base_logits, groups, device), "sequence")
     rows = np.concatenate(groups) if groups else np.zeros(0, dtype=int)
+    mean_probs = np.stack([photo_probs[g].mean(0) for g in groups]) if groups else None
+    report["intervals"] = {"single_photo_full": bootstrap_intervals(labels, {"full": photo_probs}, table.lesion_id)}
+    if groups:
+        report["intervals"]["multi_photo_lesions"] = bootstrap_intervals(
+            lesion_labels, {"mean_of_photos": mean_probs, "sequence": seq_probs})
     report["multi_photo_lesions"] = {
         "n_lesions": len(groups),
         "n_photos": int(len(rows)),
         "single_photo": classification_report(photo_probs[rows], labels[rows]) if len(rows) else None,
-        "mean_of_photos": classification_report(np.stack([photo_probs[g].mean(0) for g in groups]), lesion_labels) if groups else None,
+        "mean_of_photos": classification_report(mean_probs, lesion_labels) if groups else None,
         "sequence": classification_report(seq_probs, lesion_labels) if groups else None,
     }
     all_groups = lesion_groups(table, min_photos=1)
@@ -212,7 +217,16 @@ def format_table(report: dict[str, Any]) -> str:
     multi = report["multi_photo_lesions"]
     row("lesions with 2+ photos: each photo", multi["single_photo"])
     row("lesions with 2+ photos: mean of photos", multi["mean_of_photos"])
-    row("lesions with 2+ photos: sequence (LSTM)", multi["sequence"])
+    row("lesions with 2+ photos: sequence head", multi["sequence"])
+    lines += ["", "95% intervals (bootstrap over lesions):"]
+    full_ci = report["intervals"]["single_photo_full"]["full"]
+    lines.append("  single photo, full: balanced accuracy {:.3f}-{:.3f}, accuracy {:.3f}-{:.3f}".format(
+        *full_ci["balanced_accuracy"], *full_ci["accuracy"]))
+    if "multi_photo_lesions" in report["intervals"]:
+        seq_ci = report["intervals"]["multi_photo_lesions"]["sequence"]
+        lines.append("  lesions with 2+ photos, sequence minus mean of photos: balanced accuracy {:+.3f} to {:+.3f} "
+                     "(ahead in {:.0%} of resamples)".format(*seq_ci["balanced_accuracy_minus_mean_of_photos"],
+                                                            seq_ci["share_of_resamples_ahead"]))
     if "abstention" in report:
         a = report["abstention"]
         lines += ["", f"inconclusive below {a['threshold']:.3f}: answers {a['coverage']:.1%} of photos, balanced "

@@ -81,3 +81,43 @@ def classification_report(probs: np.ndarray, labels: np.ndarray) -> dict[str, An
         },
         "confusion_matrix": cm.tolist(),
     }
+
+
+def _recall_scores(labels: np.ndarray, preds: np.ndarray, n: int = len(CLASSES)) -> tuple[float, float]:
+    """(balanced accuracy, accuracy), fast enough to call thousands of times."""
+    support = np.bincount(labels, minlength=n)
+    hits = np.bincount(labels[preds == labels], minlength=n)
+    present = support > 0
+    return float((hits[present] / support[present]).mean()), float((preds == labels).mean())
+
+
+def bootstrap_intervals(labels: np.ndarray, predictions: dict[str, np.ndarray], groups: np.ndarray | None = None,
+                        resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Percentile intervals of balanced accuracy and accuracy, resampling whole lesions
+    (`groups`: one id per row; rows are independent when omitted) so that photos of one
+    lesion never count as independent evidence. With two or more predictors the same
+    resamples also give the interval of each one's difference from the first, and how
+    often it came out ahead: a difference whose interval spans zero is not established."""
+    labels = np.asarray(labels, dtype=np.int64)
+    preds = {k: np.asarray(v).argmax(1) if np.ndim(v) == 2 else np.asarray(v) for k, v in predictions.items()}
+    ids = np.arange(len(labels)) if groups is None else pd.factorize(np.asarray(groups))[0]
+    members = pd.Series(np.arange(len(labels))).groupby(ids).apply(np.asarray).tolist()
+    rng = np.random.default_rng(seed)
+    draws = {k: [] for k in preds}
+    for _ in range(resamples):
+        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        for k, p in preds.items():
+            draws[k].append(_recall_scores(labels[rows], p[rows]))
+    tail = (1 - level) / 2 * 100
+    out: dict[str, Any] = {"resamples": resamples, "level": level, "units": len(members)}
+    first = next(iter(preds))
+    for k, d in draws.items():
+        arr = np.array(d)
+        entry = {m: np.percentile(arr[:, i], [tail, 100 - tail]).tolist()
+                 for i, m in enumerate(("balanced_accuracy", "accuracy"))}
+        if k != first:
+            diff = arr[:, 0] - np.array(draws[first])[:, 0]
+            entry["balanced_accuracy_minus_" + first] = np.percentile(diff, [tail, 100 - tail]).tolist()
+            entry["share_of_resamples_ahead"] = float((diff > 0).mean())
+        out[k] = entry
+    return out

@@ -2,9 +2,10 @@
 LSTM reads the time-ordered photos of one lesion, and two heads give per-photo
 and per-sequence logits over the seven classes.
 
-The sequence logits are the mean of the per-photo logits plus an LSTM
-correction (initialised at zero), so one photo and a sequence share one set of
-weights and a sequence can only start from the photos' consensus.
+The sequence logits are the log of the photos' pooled calibrated probabilities
+(a mean weighted towards the most confident photos, the weighting fitted on
+validation) plus an LSTM correction (initialised at zero), so one photo and a
+sequence share one set of weights and a sequence starts from the photos' consensus.
 """
 
 from __future__ import annotations
@@ -70,8 +71,10 @@ class SkinLesionNet(nn.Module):
         self.register_buffer("photo_temperature", torch.ones(()))
         self.register_buffer("sequence_bias", torch.zeros(n))
         self.register_buffer("sequence_temperature", torch.ones(()))
-        # Weight of the LSTM's correction to the photos' mean logits, chosen on validation.
+        # Weight of the LSTM's correction to the photos' pooled probabilities, chosen on validation.
         self.register_buffer("sequence_mix", torch.ones(()))
+        # How strongly pooling favours the most confident photos (0: plain mean), chosen on validation.
+        self.register_buffer("sequence_sharpness", torch.zeros(()))
         # Out-of-distribution statistics of the encoder's features (see ood.py).
         self.register_buffer("ood_means", torch.zeros(n, FEATURE_DIM))
         self.register_buffer("ood_precision", torch.eye(FEATURE_DIM))
@@ -92,19 +95,26 @@ class SkinLesionNet(nn.Module):
             logits = logits + self.meta_head(meta) - self.meta_head(torch.zeros_like(meta))
         return logits
 
+    def pooled_log_probs(self, photo_logits: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """Log of the mean of the photos' calibrated probabilities, each photo weighted by
+        softmax(sharpness * its confidence): a sharp, clear photo outweighs blurred or
+        ambiguous ones, and sharpness 0 is the plain mean. (B, T, 7) and a (B, T) mask -> (B, 7)."""
+        probs = self.calibrated(photo_logits.float(), "photo").softmax(-1)
+        score = (self.sequence_sharpness * probs.amax(-1)).masked_fill(~steps, float("-inf"))
+        weights = score.softmax(-1).unsqueeze(-1)
+        return (weights * probs).sum(1).clamp_min(1e-12).log()
+
     def sequence_logits(self, feats: torch.Tensor, photo_logits: torch.Tensor,
                         lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, 1280) features and (B, T, 7) photo logits of time-ordered photos -> (B, 7)."""
+        """(B, T, 1280) features and (B, T, 7) raw photo logits of time-ordered photos -> (B, 7)."""
         b, t, _ = feats.shape
         if lengths is None:
             lengths = torch.full((b,), t, dtype=torch.long, device=feats.device)
         steps = torch.arange(t, device=feats.device)[None, :] < lengths[:, None]
-        mask = steps.unsqueeze(-1).to(feats.dtype)
-        mean_logits = (photo_logits * mask).sum(1) / lengths[:, None].to(feats.dtype)
         x = self.project(torch.cat([self.dropout(feats), photo_logits.detach()], dim=-1))
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.lstm(packed)
-        return mean_logits + self.sequence_mix * self.sequence_head(h[-1])
+        return self.pooled_log_probs(photo_logits, steps) + self.sequence_mix * self.sequence_head(h[-1]).float()
 
     def calibrated(self, logits: torch.Tensor, kind: str) -> torch.Tensor:
         temperature = getattr(self, f"{kind}_temperature")

@@ -346,7 +346,7 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
     card = {
         "name": "skin-model CNN-LSTM",
         "architecture": f"{model.backbone} (ImageNet) at {model.image_size} px encoder -> per-photo head; LSTM(256) over the "
-                        "time-ordered photos of one lesion -> sequence head (mean of photo logits + LSTM "
+                        "time-ordered photos of one lesion -> sequence head (confidence-weighted mean of photo probabilities + LSTM "
                         "correction); optional patient context (age, sex, site) as an additive head",
         "training": {**training, "calibration": trust_card["calibration"]},
         **card,

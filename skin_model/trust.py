@@ -25,26 +25,42 @@ def _photos(paths: list[str]) -> list:
     return [load_image(p) for p in tqdm(paths, desc="decode", leave=False)]
 
 
+SEQUENCE_SHARPNESS = (0.0, 5.0, 10.0, 25.0)
+SEQUENCE_MIX = (0.0, 0.5, 1.0)
+
+
 def _fit_sequence(model: SkinLesionNet, val_t: pd.DataFrame, feats: np.ndarray, logits: np.ndarray, counts: np.ndarray,
                   device: torch.device, min_lesions: int = 30) -> dict[str, Any]:
-    """Calibrate the sequence head where it is used: on validation lesions with two or
-    more photos (all lesions when there are too few). The weight of the LSTM's correction
-    (1, 0.5 or 0: plain mean of the photos' logits) is chosen there too, so the sequence
-    never does worse on validation than the photos' consensus it starts from."""
+    """Fit the sequence head where it is used: on validation lesions with two or more
+    photos (all lesions when there are too few). It pools the photos' calibrated
+    probabilities, which already carry the prior correction, so only how sharply pooling
+    favours confident photos, the weight of the LSTM's correction and a temperature are
+    chosen here; the simplest choice wins ties, so with nothing to gain the sequence is
+    the plain mean of the photos' probabilities. (A prior correction refitted on a few
+    hundred lesions did not transfer to new lesions.)"""
     labels = val_t.label.to_numpy()
     groups = lesion_groups(val_t, min_photos=2)
     if len(groups) < min_lesions:
         groups = lesion_groups(val_t)
     seq_labels = np.array([labels[g[0]] for g in groups])
     best: dict[str, Any] | None = None
-    for mix in (1.0, 0.5, 0.0):
-        model.sequence_mix.fill_(mix)
-        fit = fit_calibration(lesion_sequence_logits(model, feats, logits, groups, device), seq_labels, counts)
-        if best is None or fit["score"] > best["score"]:
-            best = {**fit, "mix": mix, "val_lesions": len(groups)}
+    for mix in SEQUENCE_MIX:
+        for sharpness in SEQUENCE_SHARPNESS:
+            model.sequence_mix.fill_(mix)
+            model.sequence_sharpness.fill_(sharpness)
+            fit = fit_calibration(lesion_sequence_logits(model, feats, logits, groups, device), seq_labels, counts,
+                                  taus=np.zeros(1))
+            if best is None or fit["score"] > best["score"] + 1e-9:
+                best = {**fit, "mix": mix, "sharpness": sharpness, "val_lesions": len(groups)}
     assert best is not None
     model.sequence_mix.fill_(best["mix"])
+    model.sequence_sharpness.fill_(best["sharpness"])
     return best
+
+
+def _set_calibration(model: SkinLesionNet, kind: str, fit: dict[str, Any]) -> None:
+    getattr(model, f"{kind}_bias").copy_(torch.as_tensor(fit["bias"]))
+    getattr(model, f"{kind}_temperature").fill_(float(fit["temperature"]))
 
 
 @torch.no_grad()
@@ -78,10 +94,11 @@ def fit(model: SkinLesionNet, ham: Ham10000, device: torch.device, seed: int = 0
 
     counts = np.bincount(train_t.label.to_numpy(), minlength=n)
     photo_fit = fit_calibration(val_logits, val_labels, counts)
+    _set_calibration(model, "photo", photo_fit)
+    model.sequence_bias.zero_()
+    model.sequence_temperature.fill_(1.0)
     seq_fit = _fit_sequence(model, val_t, val_feats, val_logits, counts, device)
-    for kind, f in (("photo", photo_fit), ("sequence", seq_fit)):
-        getattr(model, f"{kind}_bias").copy_(torch.as_tensor(f["bias"]))
-        getattr(model, f"{kind}_temperature").fill_(float(f["temperature"]))
+    _set_calibration(model, "sequence", seq_fit)
 
     probs = calibrated_probs(model, val_logits, "photo")
     choice = abstain.choose_threshold(probs, val_labels)

@@ -120,6 +120,16 @@ def test_evaluate_split_lesions(report: dict, test_rows: pd.DataFrame) -> None:
     a = report["abstention"]
     assert a["threshold"] == 0.2 and 0.0 <= a["coverage"] <= 1.0
     assert a["risk_coverage"][-1]["coverage"] == 1.0
+    # intervals: photos resampled by lesion; the sequence compared with the mean on the same resamples
+    full = report["intervals"]["single_photo_full"]
+    assert full["units"] == len(sizes)
+    lo, hi = full["full"]["balanced_accuracy"]
+    assert lo <= report["single_photo"]["full"]["balanced_accuracy"] <= hi
+    seq = report["intervals"]["multi_photo_lesions"]
+    assert seq["units"] == multi["n_lesions"]
+    lo, hi = seq["sequence"]["balanced_accuracy_minus_mean_of_photos"]
+    point = multi["sequence"]["balanced_accuracy"] - multi["mean_of_photos"]["balanced_accuracy"]
+    assert lo - 1e-9 <= point <= hi + 1e-9 or multi["n_lesions"] < 5
 
 
 def test_evaluate_split_without_card_or_with_limit(model: SkinLesionNet, ham: Ham10000) -> None:
@@ -137,10 +147,11 @@ def test_format_table(report: dict) -> None:
     for name in ("single photo, full", "single photo, centre_crop", "single photo, zoom_0.6",
                  "single photo + patient context, full", "single photo + patient context, zoom_0.6",
                  "per lesion (sequence), all lesions", "lesions with 2+ photos: each photo",
-                 "lesions with 2+ photos: mean of photos", "lesions with 2+ photos: sequence (LSTM)"):
+                 "lesions with 2+ photos: mean of photos", "lesions with 2+ photos: sequence head"):
         assert any(line.startswith(name) for line in lines), name
     assert "inconclusive below 0.200" in text
     assert "confusion matrix" in text
+    assert "95% intervals (bootstrap over lesions)" in text and "sequence minus mean of photos" in text
     for c in CLASSES:
         assert any(line.startswith(c) for line in lines), c
     row = next(line for line in lines if line.startswith("single photo, full"))

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from skin_model.constants import CLASSES
-from skin_model.metrics import auc_ovr, classification_report, confusion, expected_calibration_error, reliability
+from skin_model.metrics import (
+    auc_ovr,
+    bootstrap_intervals,
+    classification_report,
+    confusion,
+    expected_calibration_error,
+    reliability,
+)
 
 N = len(CLASSES)
 
@@ -103,3 +110,38 @@ def test_reliability_bins() -> None:
     assert [r["count"] for r in rows] == [2, 4]
     assert rows[0]["lo"] == pytest.approx(0.3) and rows[0]["accuracy"] == pytest.approx(0.5)
     assert rows[1]["confidence"] == pytest.approx(0.95) and rows[1]["accuracy"] == pytest.approx(0.75)
+
+
+def test_bootstrap_intervals_cover_the_estimate_and_narrow_with_more_data() -> None:
+    rng = np.random.default_rng(0)
+
+    def noisy(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, N, n)
+        preds = np.where(rng.random(n) < 0.8, labels, rng.integers(0, N, n))
+        return labels, preds
+
+    widths = []
+    for n in (200, 5000):
+        labels, preds = noisy(n)
+        ci = bootstrap_intervals(labels, {"model": one_hot_probs(preds.tolist())}, resamples=300)
+        lo, hi = ci["model"]["balanced_accuracy"]
+        assert lo <= classification_report(one_hot_probs(preds.tolist()), labels)["balanced_accuracy"] <= hi
+        assert ci["units"] == n
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 2
+
+
+def test_bootstrap_resamples_whole_groups_and_compares_on_the_same_draws() -> None:
+    labels = np.repeat(np.arange(N), 20)
+    better = labels.copy()
+    worse = np.where(np.arange(len(labels)) % 2 == 0, labels, (labels + 1) % N)
+    # ten copies of one lesion count once: 7 lesions of 20 photos each
+    groups = np.repeat(np.arange(N), 20)
+    ci = bootstrap_intervals(labels, {"worse": worse, "better": better}, groups=groups, resamples=200)
+    assert ci["units"] == N
+    assert ci["better"]["balanced_accuracy"] == [1.0, 1.0]
+    lo, hi = ci["better"]["balanced_accuracy_minus_worse"]
+    assert lo > 0 and ci["better"]["share_of_resamples_ahead"] == 1.0
+    # a predictor compared with itself is never ahead
+    same = bootstrap_intervals(labels, {"a": worse, "b": worse.copy()}, resamples=50)
+    assert same["b"]["balanced_accuracy_minus_a"] == [0.0, 0.0] and same["b"]["share_of_resamples_ahead"] == 0.0

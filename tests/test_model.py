@@ -48,21 +48,38 @@ def test_output_shapes(tiny_model: SkinLesionNet, photos: torch.Tensor) -> None:
 
 def test_sequence_of_one_photo_equals_the_photo(tiny_model: SkinLesionNet, photos: torch.Tensor) -> None:
     assert not tiny_model.sequence_head.weight.any() and not tiny_model.sequence_head.bias.any()
-    with torch.no_grad():
-        photo, seq = tiny_model.forward_sequence(photos[:1])
-    assert torch.allclose(seq, photo[0], atol=1e-6)
+    for sharpness in (0.0, 30.0):
+        tiny_model.sequence_sharpness.fill_(sharpness)
+        with torch.no_grad():
+            photo, seq = tiny_model.forward_sequence(photos[:1])
+        assert torch.allclose(seq.softmax(-1), photo[0].softmax(-1), atol=1e-6)
 
 
-def test_fresh_sequence_head_gives_mean_of_photo_logits(tiny_model: SkinLesionNet, photos: torch.Tensor) -> None:
+def test_fresh_sequence_head_gives_mean_of_photo_probabilities(tiny_model: SkinLesionNet, photos: torch.Tensor) -> None:
     with torch.no_grad():
         photo, seq = tiny_model.forward_sequence(photos)
-    assert torch.allclose(seq, photo.mean(0), atol=1e-5)
+    assert torch.allclose(seq.softmax(-1), photo.softmax(-1).mean(0), atol=1e-6)
     # once the LSTM correction is non-zero, the sequence is no longer just the mean
     _randomise_sequence_head(tiny_model)
     with torch.no_grad():
         photo2, seq2 = tiny_model.forward_sequence(photos)
     assert torch.allclose(photo2, photo)
-    assert not torch.allclose(seq2, photo.mean(0), atol=1e-3)
+    assert not torch.allclose(seq2.softmax(-1), photo.softmax(-1).mean(0), atol=1e-3)
+
+
+def test_sharpness_moves_pooling_from_the_mean_to_the_most_confident_photo(tiny_model: SkinLesionNet) -> None:
+    feats = torch.zeros(1, 3, FEATURE_DIM)
+    logits = torch.tensor([[[4.0, 0, 0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0, 0, 0], [0, 0, 1.0, 0, 0, 0, 0]]])
+    probs = logits.softmax(-1)[0]
+    pooled = {}
+    for sharpness in (0.0, 5.0, 200.0):
+        tiny_model.sequence_sharpness.fill_(sharpness)
+        with torch.no_grad():
+            pooled[sharpness] = tiny_model.sequence_logits(feats, logits)[0].softmax(-1)
+    assert torch.allclose(pooled[0.0], probs.mean(0), atol=1e-6)
+    assert torch.allclose(pooled[200.0], probs[0], atol=1e-4)  # the clear photo decides
+    # in between, the confident photo's class gains weight monotonically
+    assert pooled[0.0][0] < pooled[5.0][0] < pooled[200.0][0]
 
 
 def test_sequence_depends_on_photo_order_only_through_the_lstm(tiny_model: SkinLesionNet,
@@ -140,7 +157,8 @@ def test_calibration_buffers_apply(tiny_model: SkinLesionNet, photos: torch.Tens
         # the sequence head has its own calibration
         tiny_model.sequence_temperature.fill_(4.0)
         photo, seq = tiny_model.forward_sequence(photos)
-        assert torch.allclose(seq, raw.mean(0) / 4, atol=1e-5)
+        pooled = photo.softmax(-1).mean(0).log()  # pooled from the calibrated photo probabilities
+        assert torch.allclose(seq, pooled / 4, atol=1e-5)
 
 
 def test_cam_layer_is_the_last_block(tiny_model: SkinLesionNet) -> None:

@@ -7,6 +7,7 @@ import copy
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -15,6 +16,7 @@ from skin_model import trust
 from skin_model.constants import CLASSES
 from skin_model.data import load_ham10000, split_lesions
 from skin_model.images import load_image
+from skin_model.model import FEATURE_DIM
 from skin_model.predict import Predictor
 
 CPU = torch.device("cpu")
@@ -70,7 +72,7 @@ def test_fit_sets_the_ood_statistics(fitted) -> None:
     assert torch.allclose(model.ood_precision, model.ood_precision.T, atol=1e-2 * model.ood_precision.abs().max())
     # only the trust buffers change: the network's weights are untouched
     trust_buffers = {"photo_bias", "photo_temperature", "sequence_bias", "sequence_temperature",
-                     "ood_means", "ood_precision"}
+                     "sequence_mix", "sequence_sharpness", "ood_means", "ood_precision"}
     for name, value in model.state_dict().items():
         if name not in trust_buffers:
             assert torch.equal(value, before[name]), name
@@ -111,3 +113,48 @@ def test_limit_keeps_it_small(fitted) -> None:
     *_, scored = fitted
     # train features once, then each of the three framings of validation, LIMIT photos each
     assert scored == [LIMIT] * 4
+
+
+def _lesions(logits: list[list[list[float]]], labels: list[int]) -> tuple[pd.DataFrame, np.ndarray]:
+    """A validation table of lesions (one row per photo) and their raw photo logits."""
+    rows, flat = [], []
+    for i, (photos, label) in enumerate(zip(logits, labels)):
+        for j, row in enumerate(photos):
+            rows.append({"lesion_id": f"L{i:03d}", "image_id": f"I{i:03d}_{j}", "label": label})
+            flat.append(row)
+    return pd.DataFrame(rows), np.array(flat, dtype=np.float32)
+
+
+def _fit_on(model, table: pd.DataFrame, logits: np.ndarray) -> dict:
+    feats = np.zeros((len(table), FEATURE_DIM), dtype=np.float32)
+    return trust._fit_sequence(model, table, feats, logits, np.ones(len(CLASSES)), CPU, min_lesions=1)
+
+
+def test_sequence_fit_favours_the_clear_photo_when_that_helps(tiny_model) -> None:
+    # every lesion: one confident, correct photo and two mildly wrong ones that outvote it on average
+    logits, labels = [], []
+    for i in range(40):
+        label, wrong = i % len(CLASSES), (i + 1) % len(CLASSES)
+        clear, blurred = np.zeros(len(CLASSES)), np.zeros(len(CLASSES))
+        clear[label], blurred[wrong] = 3.0, 2.0
+        logits.append([blurred.tolist(), clear.tolist(), blurred.tolist()])
+        labels.append(label)
+    table, flat = _lesions(logits, labels)
+    fit = _fit_on(tiny_model, table, flat)
+    assert fit["sharpness"] > 0 and fit["val_balanced_accuracy"] == 1.0
+    assert float(tiny_model.sequence_sharpness) == fit["sharpness"]
+    assert not np.any(fit["bias"])
+
+
+def test_sequence_fit_keeps_the_plain_mean_when_nothing_is_gained(tiny_model) -> None:
+    # photos that agree: every pooling gives the same answers, so the simplest one is kept
+    logits, labels = [], []
+    for i in range(40):
+        label = i % len(CLASSES)
+        row = np.zeros(len(CLASSES))
+        row[label] = 2.0
+        logits.append([row.tolist(), (row * 0.5).tolist()])
+        labels.append(label)
+    table, flat = _lesions(logits, labels)
+    fit = _fit_on(tiny_model, table, flat)
+    assert (fit["sharpness"], fit["mix"]) == (0.0, 0.0)
