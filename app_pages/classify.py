@@ -44,7 +44,8 @@ method, target, opacity = common.cam_controls("classify")
 
 if prediction.sequence is not None:
     used = sum(1 for i in range(len(photos)) if not prediction.rejected(i))
-    st.subheader(f"Sequence prediction over {min(used, 8)} photos of the lesion (LSTM)")
+    st.subheader(f"Sequence prediction over {min(used, 8)} photos of the lesion")
+    st.caption(f"Combines {predictor.sequence_method}.")
     left, right = st.columns([1, 2])
     with left:
         common.verdict(prediction.sequence, prediction)

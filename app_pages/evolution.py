@@ -43,7 +43,8 @@ except Exception as exc:  # weights missing or altered: say so instead of a trac
 prediction = predictor.predict([p.image for p in photos], sequence=True, **context)
 method, target, opacity = common.cam_controls("evolution")
 
-st.subheader("Sequence prediction (all visits read in order by the LSTM)")
+st.subheader("Sequence prediction (all visits together)")
+st.caption(f"Combines {predictor.sequence_method}.")
 left, right = st.columns([1, 2])
 if prediction.sequence is None:
     st.warning("None of the photos could be analysed as a dermatoscopic photo of a lesion.")

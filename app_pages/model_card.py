@@ -53,7 +53,7 @@ if single:
     multi = metrics.get("multi_photo_lesions") or {}
     for key, name in (("single_photo", "lesions with 2+ photos: each photo"),
                       ("mean_of_photos", "lesions with 2+ photos: mean of photos"),
-                      ("sequence", "lesions with 2+ photos: LSTM sequence")):
+                      ("sequence", "lesions with 2+ photos: sequence head")):
         if multi.get(key):
             r = multi[key]
             rows.append({"evaluation": name, **{k: r[k] for k in
@@ -61,6 +61,20 @@ if single:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.3f") for k in
                                 ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")})
+
+    intervals = metrics.get("intervals") or {}
+    notes = []
+    if "single_photo_full" in intervals:
+        ci = intervals["single_photo_full"]["full"]
+        notes.append("single photo, full frame: balanced accuracy {:.3f} to {:.3f}, accuracy {:.3f} to {:.3f}".format(
+            *ci["balanced_accuracy"], *ci["accuracy"]))
+    if "multi_photo_lesions" in intervals:
+        seq = intervals["multi_photo_lesions"]["sequence"]
+        notes.append("sequence head minus mean of photos (balanced accuracy): {:+.3f} to {:+.3f}".format(
+            *seq["balanced_accuracy_minus_mean_of_photos"]))
+    if notes:
+        st.caption("95% intervals, resampling whole lesions: " + "; ".join(notes) + ". An interval that spans zero "
+                   "means the difference is not established on this test split.")
 
     full = single["full"]
     c1, c2 = st.columns([3, 2])

@@ -81,6 +81,14 @@ class Predictor:
         return describe(self.device)
 
     @property
+    def sequence_method(self) -> str:
+        """How the sequence prediction combines the photos, in words for the app."""
+        sharp, mix = float(self.model.sequence_sharpness), float(self.model.sequence_mix)
+        pooled = ("the mean of the photos' probabilities, clearer (more confident) photos weighing more" if sharp > 0
+                  else "the mean of the photos' probabilities")
+        return pooled + (", corrected by an LSTM that reads them in time order" if mix > 0 else "")
+
+    @property
     def inconclusive_below(self) -> float:
         return float(self.card.get("inconclusive_below", DEFAULT_INCONCLUSIVE_BELOW))
 

@@ -27,7 +27,7 @@ from streamlit.testing.v1 import AppTest
 
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, checkpoint, fhir, load_image, load_predictor, report
 from skin_model.explain import METHODS
-from skin_model.metrics import classification_report
+from skin_model.metrics import bootstrap_intervals, classification_report
 from skin_model.model import SkinLesionNet
 from skin_model.presets import to_batch
 
@@ -248,7 +248,8 @@ def test_classify_several_photos_adds_sequence_chart(app_env: Path, lesion_photo
     assert_probs(bar_probs(figs["sequence_chart"]), expected.sequence)
     for i, probs in enumerate(expected.photos):
         assert_probs(bar_probs(figs[f"chart_{i}"]), probs)
-    assert at.subheader[0].value == "Sequence prediction over 3 photos of the lesion (LSTM)"
+    assert at.subheader[0].value == "Sequence prediction over 3 photos of the lesion"
+    assert f"Combines {reference.sequence_method}." in [c.value for c in at.caption]
     assert [s.value for s in at.subheader[1:]] == [name for name, _ in lesion_photos]
     assert_verdicts(at, [expected.sequence, *expected.photos], reference.inconclusive_below)
     assert len(at.image) == 2 * len(lesion_photos)  # photo + heatmap each
@@ -529,7 +530,11 @@ def _synthetic_metrics() -> dict:
         return classification_report(rng.dirichlet(np.ones(len(CLASSES)), size=len(labels)), labels)
 
     views = ("full", "centre_crop", "zoom_0.6")
-    return {"split": "test", "n_photos": 70, "n_lesions": 70,
+    guesses = rng.integers(0, len(CLASSES), len(labels))
+    intervals = {"single_photo_full": bootstrap_intervals(labels, {"full": guesses}, resamples=50),
+                 "multi_photo_lesions": bootstrap_intervals(labels, {"mean_of_photos": guesses, "sequence": labels},
+                                                            resamples=50)}
+    return {"split": "test", "n_photos": 70, "n_lesions": 70, "intervals": intervals,
             "single_photo": {v: report() for v in views}, "with_patient_context": {v: report() for v in views},
             "multi_photo_lesions": {"n_lesions": 70, "n_photos": 70, "single_photo": report(),
                                     "mean_of_photos": report(), "sequence": None}}
@@ -557,6 +562,10 @@ def _check_metrics(at: AppTest, card: dict) -> None:
     assert z == full["confusion_matrix"]
     per_class = at.dataframe[1].value
     assert list(per_class["class"]) == list(CLASSES)
+    if "intervals" in metrics:
+        lo, hi = metrics["intervals"]["single_photo_full"]["full"]["balanced_accuracy"]
+        caption = next(c.value for c in at.caption if c.value.startswith("95% intervals"))
+        assert f"balanced accuracy {lo:.3f} to {hi:.3f}" in caption
     assert list(per_class["support"]) == [full["per_class"][c]["support"] for c in CLASSES]
 
 
@@ -569,7 +578,7 @@ def test_model_card_with_metrics(app_env: Path, tmp_path: Path, monkeypatch: pyt
     assert "Stub CNN-LSTM for tests" in at.markdown[0].value
     _check_metrics(at, card)
     evaluations = list(at.dataframe[0].value.evaluation)
-    assert "lesions with 2+ photos: LSTM sequence" not in evaluations  # None in the card: no row
+    assert "lesions with 2+ photos: sequence head" not in evaluations  # None in the card: no row
     assert "lesions with 2+ photos: mean of photos" in evaluations
 
 

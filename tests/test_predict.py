@@ -62,11 +62,8 @@ def test_three_photos_give_a_sequence(predictor: Predictor, three: list[Image.Im
     assert result.sequence is not None
     seq = _values(result.sequence)
     assert seq.sum() == pytest.approx(1.0, abs=1e-5)
-    # the untrained sequence head adds nothing: the sequence is the softmax of the mean photo logits
-    logits = np.log(np.stack([_values(p) for p in result.photos]))
-    mean = logits.mean(0)
-    expected = np.exp(mean - mean.max())
-    assert np.allclose(seq, expected / expected.sum(), atol=1e-5)
+    # the untrained sequence head adds nothing: the sequence is the mean of the photos' probabilities
+    assert np.allclose(seq, np.stack([_values(p) for p in result.photos]).mean(0), atol=1e-5)
     d = result.to_dict()
     assert d["classes"] == list(CLASSES) and d["photos"] == result.photos and d["sequence"] == result.sequence
 
@@ -165,3 +162,20 @@ def test_inconclusive_threshold_from_card(tiny_weights: Path) -> None:
     predictor = load_predictor(tiny_weights, device="cpu")
     predictor.card = {**predictor.card, "inconclusive_below": 0.3}
     assert predictor.inconclusive_below == 0.3
+
+
+def test_sequence_method_describes_the_fitted_pooling(predictor: Predictor) -> None:
+    model = predictor.model
+    saved = float(model.sequence_sharpness), float(model.sequence_mix)
+    try:
+        model.sequence_sharpness.fill_(0.0)
+        model.sequence_mix.fill_(0.0)
+        assert predictor.sequence_method == "the mean of the photos' probabilities"
+        model.sequence_sharpness.fill_(10.0)
+        assert "clearer (more confident) photos weighing more" in predictor.sequence_method
+        assert "LSTM" not in predictor.sequence_method
+        model.sequence_mix.fill_(0.5)
+        assert predictor.sequence_method.endswith("corrected by an LSTM that reads them in time order")
+    finally:
+        model.sequence_sharpness.fill_(saved[0])
+        model.sequence_mix.fill_(saved[1])
