@@ -35,6 +35,7 @@ LEVERS: list[tuple[str, dict[str, Any]]] = [
     ("Lite2 backbone", {"backbone": "efficientnet-lite2"}),
     ("mixup / CutMix on half the batches", {"mixup": 0.5}),
     ("twice the epochs", {"epochs": 2}),
+    ("moving average of the weights (EMA, decay 0.99)", {"ema": 0.99}),
 ]
 
 
@@ -114,7 +115,7 @@ def run(base: TrainConfig, levers: list[tuple[str, dict[str, Any]]] = LEVERS, ou
 def flags(cfg: TrainConfig) -> str:
     """The `skin-model train` options that reproduce the recipe's choices."""
     return (f"--backbone {cfg.backbone} --image-size {cfg.image_size} --freeze-blocks {cfg.freeze_blocks} "
-            f"--mixup {cfg.mixup}")
+            f"--mixup {cfg.mixup} --ema {cfg.ema} --epochs {cfg.epochs}")
 
 
 def format_row(row: dict[str, Any]) -> str:

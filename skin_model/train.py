@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import checkpoint, trust
@@ -50,6 +51,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     sampling_power: float = 0.5
     mixup: float = 0.0
+    ema: float = 0.0
     views: int = 4
     sequence_steps: int = 2000
     seed: int = 0
@@ -173,7 +175,10 @@ def mix(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[t
 def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, labels: np.ndarray,
                   val_photos: torch.Tensor, val_labels: np.ndarray, device: torch.device) -> dict[str, Any]:
     """Stage 1: fine-tune encoder + photo head on augmented batches drawn with class-rebalanced
-    sampling; keep the epoch with the best validation balanced accuracy + macro AUC."""
+    sampling; keep the epoch with the best validation balanced accuracy + macro AUC.
+
+    With `cfg.ema` (a decay such as 0.99) an exponential moving average of the weights is
+    what gets scored and kept: it smooths the last steps' noise at no training cost."""
     frozen = _freeze_early(model, cfg.freeze_blocks)
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
     weights = torch.as_tensor(counts[labels] ** (cfg.sampling_power - 1.0), device=device)
@@ -185,6 +190,8 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
     opt = torch.optim.AdamW(params, lr=cfg.lr * 0.01, weight_decay=cfg.weight_decay)
     schedule = Schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.time_budget_min)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    scored = ema.module if ema is not None else model
     best: dict[str, Any] = {"score": -1.0}
     history = []
     seen, start = 0, time.time()
@@ -207,13 +214,15 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total += loss.item()
             seen += len(idx)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{total / (step + 1):.3f}")
             if schedule.step(opt):
                 break
-        logits = photo_logits_of(model, features_of(model, val_photos, device), device)
+        logits = photo_logits_of(scored, features_of(scored, val_photos, device), device)
         rep = classification_report(torch.as_tensor(logits).softmax(1).numpy(), val_labels)
         score = float(np.nan_to_num(rep["balanced_accuracy"] + rep["macro_auc"], nan=-0.5))
         history.append({"epoch": epoch + 1, "steps": schedule.steps, "loss": total / max(1, step + 1),
@@ -223,7 +232,7 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
                    f"{rep['balanced_accuracy']:.4f} acc {rep['accuracy']:.4f} auc {rep['macro_auc']:.4f} "
                    f"({time.time() - start:.0f} s)")
         if score > best["score"]:
-            best = {"score": score, "epoch": epoch + 1, "state": copy.deepcopy(model.state_dict())}
+            best = {"score": score, "epoch": epoch + 1, "state": copy.deepcopy(scored.state_dict())}
         if schedule.done:
             break
     model.load_state_dict(best.pop("state"))

@@ -15,7 +15,7 @@ from skin_model.constants import CARD_FILE, CLASSES, WEIGHTS_FILE
 from skin_model.data import load_ham10000, split_lesions
 from skin_model.model import build_backbone
 from skin_model.predict import load_predictor
-from skin_model.train import TrainConfig, run
+from skin_model.train import TrainConfig, run, train_encoder
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +90,28 @@ def test_trained_weights_serve_predictions(trained: tuple[Path, Path, dict]) -> 
     assert result.sequence is not None
     for probs in result.photos + [result.sequence]:
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ema_keeps_the_moving_average_of_the_weights(tiny_model) -> None:
+    """With --ema the weights kept are decay * previous average + (1 - decay) * new weights, not the last step's."""
+    torch.manual_seed(0)
+    photos = torch.randint(0, 256, (8, 3, 48, 64), dtype=torch.uint8)
+    labels = np.arange(8) % len(CLASSES)
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-2, ema=0.5, device="cpu")
+    name = "photo_head.weight"
+    after_step: list[torch.Tensor] = []
+    real_step = torch.optim.AdamW.step
+
+    def recording(self, *args, **kwargs):
+        out = real_step(self, *args, **kwargs)
+        after_step.append(dict(tiny_model.named_parameters())[name].detach().clone())
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, "step", recording)
+        result = train_encoder(tiny_model, cfg, photos, labels, photos[:4], labels[:4], torch.device("cpu"))
+    assert len(after_step) == 2 and result["best_epoch"] == 1
+    kept = dict(tiny_model.named_parameters())[name].detach()
+    # the first update copies the weights, the second averages with decay 0.5
+    assert torch.allclose(kept, 0.5 * after_step[0] + 0.5 * after_step[1], atol=1e-6)
+    assert not torch.allclose(kept, after_step[1], atol=1e-4)
