@@ -11,8 +11,8 @@ from .metrics import classification_report
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, bias: np.ndarray | None = None) -> float:
     """Temperature T minimising the NLL of softmax(logits / T + bias)."""
-    x = torch.as_tensor(logits, dtype=torch.float64)
-    y = torch.as_tensor(labels, dtype=torch.long)
+    x = torch.tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.tensor(np.asarray(labels), dtype=torch.long)
     b = torch.zeros(x.shape[1], dtype=torch.float64) if bias is None else torch.as_tensor(bias, dtype=torch.float64)
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
