@@ -128,7 +128,7 @@ if single:
 
 training = card.get("training") or {}
 with st.expander("Training run and data"):
-    st.json({"training": {k: training.get(k) for k in ("hardware", "device", "seconds", "finished", "config")},
+    st.json({"training": {k: training.get(k) for k in ("hardware", "device", "seconds", "trust_device", "finished", "config")},
              "data": card.get("data"), "sha256": card.get("sha256"), "size_bytes": card.get("size_bytes")},
             expanded=False)
 

@@ -342,7 +342,7 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
     """Fit the trust layer on validation, evaluate on test, write weights and card."""
     start = time.time()
     trust_card = trust.fit(model, ham, device, seed=seed, limit=limit)
-    training = {**training, "trust_seconds": round(time.time() - start, 1),
+    training = {**training, "trust_seconds": round(time.time() - start, 1), "trust_device": describe(device),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     card = {"inconclusive_below": trust_card["inconclusive_below"], "ood": trust_card["ood"]}
     metrics = evaluate_split(model, ham, "test", device, seed=seed, limit=limit, card=card)

@@ -13,6 +13,7 @@ import torch
 from skin_model import checkpoint
 from skin_model.constants import CARD_FILE, CLASSES, WEIGHTS_FILE
 from skin_model.data import load_ham10000, split_lesions
+from skin_model.devices import describe
 from skin_model.model import build_backbone
 from skin_model.predict import load_predictor
 from skin_model.train import TrainConfig, run, train_encoder
@@ -54,6 +55,7 @@ def test_card_contents(trained: tuple[Path, Path, dict]) -> None:
     data, _, card = trained
     training = card["training"]
     assert isinstance(training["hardware"], str) and training["hardware"]
+    assert training["trust_device"] == describe(torch.device("cpu"))  # where calibration and OOD were fitted
     assert training["config"]["epochs"] == 1 and training["config"]["limit"] == 16
     assert training["config"]["data"] == str(data)
     assert [h["epoch"] for h in training["stage1"]["history"]] == [1]
