@@ -14,7 +14,8 @@ st.error(f"**{common.DISCLAIMER}**", icon="⚠️")
 common.sidebar()
 
 try:
-    card = common.get_predictor().card
+    predictor = common.get_predictor()
+    card = predictor.card
 except Exception as exc:
     st.error(f"The model could not be loaded: {exc}")
     st.stop()
@@ -22,7 +23,8 @@ except Exception as exc:
 st.markdown(f"""
 **What it is.** {card.get('architecture', 'CNN-LSTM')}. It gives probabilities for the seven HAM10000
 diagnoses: {", ".join(f"{CLASS_NAMES[c]} ({c})" for c in CLASSES)}. Malignant classes:
-{", ".join(sorted(MALIGNANT))}.
+{", ".join(sorted(MALIGNANT))}. For several photos of one lesion, the sequence prediction is
+{predictor.sequence_method} (chosen on validation lesions with two or more photos).
 
 **Intended use.** Teaching, research and demonstration of dermatoscopic image classification and of
 explanation methods (Grad-CAM). Not for diagnosis, triage or screening of patients.

@@ -576,6 +576,7 @@ def test_model_card_with_metrics(app_env: Path, tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("SKIN_MODEL_WEIGHTS", str(tmp_path))
     at = _app("model_card")
     assert "Stub CNN-LSTM for tests" in at.markdown[0].value
+    assert "the sequence prediction is\nthe mean of the photos' probabilities" in at.markdown[0].value
     _check_metrics(at, card)
     evaluations = list(at.dataframe[0].value.evaluation)
     assert "lesions with 2+ photos: sequence head" not in evaluations  # None in the card: no row
