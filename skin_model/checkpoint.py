@@ -61,7 +61,10 @@ def save(model: SkinLesionNet, directory: str | Path, card: dict[str, Any]) -> P
     weights = directory / C.WEIGHTS_FILE
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights), metadata={"format": "pt"})
-    full = {**card, **card_constants(), "backbone": model.backbone, "image_size": model.image_size,
+    known = card.get("members") or []
+    members = [{**(known[i] if i < len(known) else {}), "backbone": m.backbone, "image_size": m.image_size}
+               for i, m in enumerate(model.members)]
+    full = {**card, **card_constants(), "backbone": model.backbone, "image_size": model.image_size, "members": members,
             "weights_file": C.WEIGHTS_FILE, "sha256": sha256(weights),
             "size_bytes": weights.stat().st_size}
     (directory / C.CARD_FILE).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
@@ -94,14 +97,17 @@ def load(directory: str | Path | None = None, strict: bool = True) -> tuple[Skin
         )
     expected = card_constants()
     differing = [k for k, v in expected.items() if k not in ("backbone", "image_size") and card.get(k) != v]
-    size = card.get("image_size")
-    if not isinstance(size, int) or not 32 <= size <= 1024:
-        differing.append("image_size")
-    if card.get("backbone") not in BACKBONES:
-        differing.append("backbone")
+    members = card.get("members") or []
+    for where, entry in [("", card), *((f"members[{i}].", m) for i, m in enumerate(members))]:
+        size = entry.get("image_size") if isinstance(entry, dict) else None
+        if not isinstance(size, int) or not 32 <= size <= 1024:
+            differing.append(where + "image_size")
+        if not isinstance(entry, dict) or entry.get("backbone") not in BACKBONES:
+            differing.append(where + "backbone")
     if differing:
         raise WeightsError(f"model card disagrees with this code on: {', '.join(differing)}")
-    model = SkinLesionNet(backbone=card["backbone"], image_size=size, pretrained=False)
+    model = SkinLesionNet(backbone=card["backbone"], image_size=card["image_size"], pretrained=False,
+                          members=tuple((m["backbone"], m["image_size"]) for m in members))
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
     # Weights from before the sequence pooling was fitted use its defaults (full LSTM correction, plain mean).
     fitted_later = {"sequence_mix", "sequence_sharpness"}

@@ -43,9 +43,18 @@ def _calibrate(args: argparse.Namespace) -> int:
     model, card = checkpoint.load(args.weights, strict=False)
     device = select_device(args.device)
     out = Path(args.out or args.weights or checkpoint.DEFAULT_WEIGHTS_DIR)
-    card = finish(model.to(device), load_ham10000(args.data), card.get("training", {}), out, device, seed=args.seed)
+    card = finish(model.to(device), load_ham10000(args.data), card.get("training", {}), out, device, seed=args.seed,
+                  members=card.get("members"))
     print(json.dumps({k: card["metrics"]["single_photo"]["full"][k]
                       for k in ("accuracy", "balanced_accuracy", "macro_auc", "ece")}, indent=2))
+    return 0
+
+
+def _combine(args: argparse.Namespace) -> int:
+    from .ensemble import combine
+
+    _, card = combine(args.main, args.others, args.out)
+    print(f"wrote {card['name']} to {args.out}; next: skin-model calibrate --weights {args.out} --data DIR")
     return 0
 
 
@@ -247,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--seed", type=int, default=0)
     ca.add_argument("--device")
     ca.set_defaults(func=_calibrate)
+
+    co = sub.add_parser("combine", help="average the photo logits of separately trained weights (an ensemble); "
+                                        "then refit with `calibrate`")
+    co.add_argument("main", help="weights folder whose LSTM, context head and OOD statistics are kept")
+    co.add_argument("others", nargs="+", help="further weights folders (their encoder and photo head are added)")
+    co.add_argument("--out", required=True, help="folder to write the ensemble to")
+    co.set_defaults(func=_combine)
 
     pr = sub.add_parser("predict", help="class probabilities of photos")
     pr.add_argument("images", nargs="+", help="photos (JPEG, PNG, DICOM, ...) or folders of them")

@@ -47,17 +47,46 @@ def build_backbone(name: str = BACKBONE, image_size: int = IMAGE_SIZE, pretraine
     return net
 
 
+def build_encoder(name: str, image_size: int, pretrained: bool) -> nn.Module:
+    """The backbone without its ImageNet classifier: photos -> (N, 1280) pooled features."""
+    encoder = build_backbone(name, image_size, pretrained)
+    encoder._fc = nn.Identity()
+    encoder._dropout = nn.Identity()
+    return encoder
+
+
+class Member(nn.Module):
+    """A further trained encoder and photo head whose photo logits are averaged with the
+    main ones (an ensemble); it sees the photos at its own input size."""
+
+    def __init__(self, backbone: str, image_size: int, pretrained: bool = False) -> None:
+        super().__init__()
+        self.backbone, self.image_size = backbone, image_size
+        self.encoder = build_encoder(backbone, image_size, pretrained)
+        self.photo_head = nn.Linear(FEATURE_DIM, len(CLASSES))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            images = nn.functional.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
+                                               antialias=True, align_corners=False)
+        return self.encoder(images)
+
+
 class SkinLesionNet(nn.Module):
-    """CNN encoder + LSTM over photos of one lesion, with optional patient context."""
+    """CNN encoder + LSTM over photos of one lesion, with optional patient context.
+
+    `members` (backbone, input size) add further encoders and photo heads whose logits are
+    averaged with the main ones (`skin-model combine` builds them from trained weights).
+    Their features follow the main encoder's 1280 in `features()`; the LSTM, Grad-CAM and
+    the out-of-distribution check use the main encoder's alone."""
 
     def __init__(self, backbone: str = BACKBONE, image_size: int = IMAGE_SIZE, pretrained: bool = True,
-                 hidden: int = 256, dropout: float = 0.3) -> None:
+                 hidden: int = 256, dropout: float = 0.3, members: tuple[tuple[str, int], ...] = ()) -> None:
         super().__init__()
         n = len(CLASSES)
         self.backbone, self.image_size = backbone, image_size
-        self.encoder = build_backbone(backbone, image_size, pretrained)
-        self.encoder._fc = nn.Identity()
-        self.encoder._dropout = nn.Identity()
+        self.encoder = build_encoder(backbone, image_size, pretrained)
+        self.members = nn.ModuleList(Member(b, size) for b, size in members)
         self.dropout = nn.Dropout(dropout)
         self.photo_head = nn.Linear(FEATURE_DIM, n)
         self.meta_head = nn.Sequential(nn.Linear(META_DIM, 64), nn.ReLU(), nn.Linear(64, n))
@@ -85,12 +114,20 @@ class SkinLesionNet(nn.Module):
         return self.encoder._blocks[-1]
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, 1280) pooled image features."""
-        return self.encoder(images)
+        """(N, 3, H, W) -> (N, 1280 * (1 + members)) pooled image features, the main encoder's first."""
+        feats = self.encoder(images)
+        if not self.members:
+            return feats
+        return torch.cat([feats, *(m.features(images).to(feats.dtype) for m in self.members)], dim=-1)
 
     def photo_logits(self, feats: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw per-photo logits; patient context adds a correction that is zero when unknown."""
-        logits = self.photo_head(self.dropout(feats))
+        """Raw per-photo logits (the mean over the ensemble's members); patient context adds
+        a correction that is zero when unknown."""
+        logits = self.photo_head(self.dropout(feats[..., :FEATURE_DIM]))
+        if self.members:
+            parts = feats.split(FEATURE_DIM, dim=-1)
+            logits = (logits + sum(m.photo_head(self.dropout(f)) for m, f in zip(self.members, parts[1:]))) / (
+                1 + len(self.members))
         if meta is not None:
             logits = logits + self.meta_head(meta) - self.meta_head(torch.zeros_like(meta))
         return logits
@@ -111,7 +148,7 @@ class SkinLesionNet(nn.Module):
         if lengths is None:
             lengths = torch.full((b,), t, dtype=torch.long, device=feats.device)
         steps = torch.arange(t, device=feats.device)[None, :] < lengths[:, None]
-        x = self.project(torch.cat([self.dropout(feats), photo_logits.detach()], dim=-1))
+        x = self.project(torch.cat([self.dropout(feats[..., :FEATURE_DIM]), photo_logits.detach()], dim=-1))
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.lstm(packed)
         return self.pooled_log_probs(photo_logits, steps) + self.sequence_mix * self.sequence_head(h[-1]).float()

@@ -65,7 +65,10 @@ def fit_gaussian(feats: np.ndarray, labels: np.ndarray, n_classes: int, shrinkag
 
 
 def mahalanobis(feats: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """Squared distance of each feature row to the nearest class mean, divided by the dimension."""
+    """Squared distance of each feature row to the nearest class mean, divided by the dimension.
+
+    Only the first features (the main encoder's, as many as the means have) are used."""
+    feats = feats[:, :means.shape[1]]
     diff = feats[:, None, :].float() - means[None].float()
     d = torch.einsum("ncd,de,nce->nc", diff, precision.float(), diff)
     return d.min(1).values / feats.shape[1]

@@ -338,8 +338,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: Path, device: torch.device,
-           seed: int = 0, limit: int | None = None, heatmap_photos: int = 200) -> dict[str, Any]:
-    """Fit the trust layer on validation, evaluate on test, write weights and card."""
+           seed: int = 0, limit: int | None = None, heatmap_photos: int = 200,
+           members: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Fit the trust layer on validation, evaluate on test, write weights and card
+    (`members`: the card entries of an ensemble's further members, kept as they are)."""
     start = time.time()
     trust_card = trust.fit(model, ham, device, seed=seed, limit=limit)
     training = {**training, "trust_seconds": round(time.time() - start, 1), "trust_device": describe(device),
@@ -356,7 +358,9 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
         "name": "skin-model CNN-LSTM",
         "architecture": f"{model.backbone} (ImageNet) at {model.image_size} px encoder -> per-photo head; LSTM(256) over the "
                         "time-ordered photos of one lesion -> sequence head (confidence-weighted mean of photo probabilities + LSTM "
-                        "correction); optional patient context (age, sex, site) as an additive head",
+                        "correction); optional patient context (age, sex, site) as an additive head"
+                        + "".join(f"; photo logits averaged with a {m.backbone} at {m.image_size} px ensemble member"
+                                  for m in model.members),
         "training": {**training, "calibration": trust_card["calibration"]},
         **card,
         "abstention": trust_card["abstention"],
@@ -368,6 +372,7 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
                              "180161 (2018). doi:10.7910/DVN/DBW86T",
                  "licence": "CC BY-NC 4.0 (academic, non-commercial use, with attribution)"},
         "metrics": metrics,
+        "members": members or [],
     }
     checkpoint.save(model.cpu(), out, card)
     return checkpoint.read_card(out)

@@ -18,7 +18,7 @@ from .constants import CLASSES
 from .data import Ham10000, training_tables
 from .evaluate import VARIANTS, calibrated_probs, lesion_groups, lesion_sequence_logits, photo_outputs
 from .images import load_image
-from .model import SkinLesionNet
+from .model import FEATURE_DIM, SkinLesionNet
 
 
 def _photos(paths: list[str]) -> list:
@@ -73,7 +73,7 @@ def fit(model: SkinLesionNet, ham: Ham10000, device: torch.device, seed: int = 0
     n = len(CLASSES)
 
     train_feats, _ = photo_outputs(model, _photos(list(train_t.path)), device)
-    means, precision = ood.fit_gaussian(train_feats, train_t.label.to_numpy(), n)
+    means, precision = ood.fit_gaussian(train_feats[:, :FEATURE_DIM], train_t.label.to_numpy(), n)
     model.ood_means.copy_(torch.as_tensor(means))
     model.ood_precision.copy_(torch.as_tensor(precision))
 

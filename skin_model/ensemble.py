@@ -1,0 +1,43 @@
+"""Combine separately trained weights into one ensemble: photo logits are averaged over
+the members, so their errors partly cancel. The first folder's model keeps its LSTM,
+patient-context head and out-of-distribution statistics; each further folder adds its
+encoder and photo head. Calibration must then be refitted (`skin-model calibrate`),
+because averaged logits have another scale."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint
+from .model import SkinLesionNet
+
+
+def _member_entry(card: dict[str, Any]) -> dict[str, Any]:
+    training = card.get("training") or {}
+    return {"backbone": card["backbone"], "image_size": card["image_size"], "source_sha256": card.get("sha256"),
+            "training": {k: training.get(k) for k in ("hardware", "device", "seconds", "finished", "config")}}
+
+
+def combine(main: str | Path, others: Sequence[str | Path], out: str | Path) -> tuple[SkinLesionNet, dict[str, Any]]:
+    """Build the ensemble of the weights in `main` and `others` and write it (uncalibrated) to `out`."""
+    if not others:
+        raise ValueError("an ensemble needs at least one further weights folder")
+    model, card = checkpoint.load(main, strict=False)
+    loaded = [checkpoint.load(o, strict=False) for o in others]
+    if model.members or any(m.members for m, _ in loaded):
+        raise ValueError("combine single models, not ensembles")
+    combined = SkinLesionNet(model.backbone, model.image_size, pretrained=False,
+                             members=tuple((m.backbone, m.image_size) for m, _ in loaded))
+    missing, unexpected = combined.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("members.") for k in missing)
+    for member, (source, _) in zip(combined.members, loaded):
+        member.encoder.load_state_dict(source.encoder.state_dict())
+        member.photo_head.load_state_dict(source.photo_head.state_dict())
+    combined.eval()
+    entry = {k: card[k] for k in ("name", "architecture", "training", "data") if k in card}
+    entry["name"] = f"{card.get('name', 'skin-model')} + {len(loaded)} ensemble member(s) (not yet calibrated)"
+    entry["members"] = [_member_entry(c) for _, c in loaded]
+    checkpoint.save(combined, out, entry)
+    return combined, checkpoint.read_card(out)
