@@ -28,6 +28,11 @@ def combine(main: str | Path, others: Sequence[str | Path], out: str | Path) -> 
     loaded = [checkpoint.load(o, strict=False) for o in others]
     if model.members or any(m.members for m, _ in loaded):
         raise ValueError("combine single models, not ensembles")
+    split = {k: (card.get("data") or {}).get(k) for k in ("split", "metadata_md5")}
+    for folder, (_, other) in zip(others, loaded):
+        if {k: (other.get("data") or {}).get(k) for k in split} != split:
+            raise ValueError(f"{folder} was trained on another split or data than {main}: its photos of the test "
+                             "split would not be held out")
     combined = SkinLesionNet(model.backbone, model.image_size, pretrained=False,
                              members=tuple((m.backbone, m.image_size) for m, _ in loaded))
     missing, unexpected = combined.load_state_dict(model.state_dict(), strict=False)

@@ -26,11 +26,15 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ensemble")
     main_model = build_tiny_model(seed=0)
     main_model.sequence_mix.fill_(0.0)
-    checkpoint.save(main_model, root / "main", {"name": "main", "training": {"hardware": "here", "seconds": 1.0}})
+    data = {"split": "lesion-grouped, seed 0", "metadata_md5": "abc"}
+    checkpoint.save(main_model, root / "main", {"name": "main", "training": {"hardware": "here", "seconds": 1.0},
+                                                "data": data})
     other = build_tiny_model(seed=1)
     small = type(other)(pretrained=False, image_size=64)
     small.load_state_dict(other.state_dict())
-    checkpoint.save(small, root / "other", {"name": "other", "training": {"hardware": "there", "seconds": 2.0}})
+    checkpoint.save(small, root / "other", {"name": "other", "training": {"hardware": "there", "seconds": 2.0},
+                                            "data": data})
+    checkpoint.save(small, root / "other_split", {"name": "other", "data": {**data, "split": "lesion-grouped, seed 1"}})
     return root / "main", root / "other"
 
 
@@ -89,6 +93,9 @@ def test_combine_refuses_nonsense(sources, combined, tmp_path: Path) -> None:
         combine(sources[0], [], tmp_path / "x")
     with pytest.raises(ValueError, match="single models"):
         combine(combined, [sources[1]], tmp_path / "y")
+    with pytest.raises(ValueError, match="another split"):
+        combine(sources[0], [sources[1].parent / "other_split"], tmp_path / "z")
+    assert not (tmp_path / "z").exists()
 
 
 def test_card_with_a_bad_member_is_refused(combined, tmp_path: Path) -> None:
