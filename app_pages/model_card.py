@@ -126,7 +126,8 @@ if single:
                                                                                         format="percent")})
         st.caption(f"{heat['n']} test photos with the published lesion masks; the lesion covers "
                    f"{heat['lesion_share_of_frame']:.0%} of the frame on average (the chance level of the pointing "
-                   "game). The app's default method is the one with the highest pointing-game score.")
+                   "game). The app's default method is the class-specific one with the highest pointing-game score; "
+                   "EigenCAM shows the photo's dominant pattern whatever the class and is offered as an alternative.")
 
 training = card.get("training") or {}
 with st.expander("Training run and data"):

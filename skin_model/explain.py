@@ -38,13 +38,17 @@ METHODS: dict[str, type[BaseCAM]] = {
     "EigenCAM (gradient-free)": EigenCAM,
 }
 DEFAULT_METHOD = "Grad-CAM"
+# Shows the photo's dominant component whatever the class asked for: offered, never the default.
+CLASS_AGNOSTIC = frozenset({"EigenCAM (gradient-free)"})
 
 
 def default_method(card: dict | None) -> str:
-    """The CAM method whose heatmaps fell inside the lesion most often on test (pointing
-    game in the model card), else Grad-CAM."""
+    """The class-discriminative CAM method whose heatmaps fell inside the lesion most often
+    on test (pointing game in the model card), else Grad-CAM. The app's heatmap answers
+    "what made the model say this class", which a class-agnostic method cannot."""
     scores = ((card or {}).get("metrics") or {}).get("heatmaps") or {}
-    measured = {m: v["pointing_game"] for m, v in scores.items() if m in METHODS and isinstance(v, dict)}
+    measured = {m: v["pointing_game"] for m, v in scores.items()
+                if m in METHODS and m not in CLASS_AGNOSTIC and isinstance(v, dict)}
     return max(measured, key=measured.get) if measured else DEFAULT_METHOD
 
 

@@ -359,7 +359,7 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
         "architecture": f"{model.backbone} (ImageNet) at {model.image_size} px encoder -> per-photo head; LSTM(256) over the "
                         "time-ordered photos of one lesion -> sequence head (confidence-weighted mean of photo probabilities + LSTM "
                         "correction); optional patient context (age, sex, site) as an additive head"
-                        + "".join(f"; photo logits averaged with a {m.backbone} at {m.image_size} px ensemble member"
+                        + "".join(f"; photo logits averaged with an ensemble member ({m.backbone} at {m.image_size} px)"
                                   for m in model.members),
         "training": {**training, "calibration": trust_card["calibration"]},
         **card,

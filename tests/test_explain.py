@@ -137,6 +137,17 @@ def test_overlay_accepts_other_modes(lesion_photo) -> None:
     assert heat.peak() == pytest.approx(((IMAGE_SIZE - 0.5) / IMAGE_SIZE, (IMAGE_SIZE - 0.5) / IMAGE_SIZE))
 
 
+def test_default_method_is_the_best_class_discriminative_one() -> None:
+    def card(scores: dict[str, float]) -> dict:
+        return {"metrics": {"heatmaps": {"n": 200, **{m: {"pointing_game": v} for m, v in scores.items()}}}}
+
+    assert default_method(None) == default_method({}) == "Grad-CAM"
+    assert default_method(card({"Grad-CAM": 0.90, "Grad-CAM++": 0.93, "LayerCAM": 0.7})) == "Grad-CAM++"
+    # EigenCAM ignores the class asked for: even when it scores best it is not the default
+    assert default_method(card({"Grad-CAM": 0.93, "Grad-CAM++": 0.92, "EigenCAM (gradient-free)": 0.95})) == "Grad-CAM"
+    assert default_method(card({"EigenCAM (gradient-free)": 0.95})) == "Grad-CAM"
+
+
 # ----------------------------------------------------------------------------- shipped weights
 
 
