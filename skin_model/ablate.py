@@ -24,7 +24,6 @@ from .data import load_ham10000, training_tables
 from .devices import select_device
 from .metrics import classification_report
 from .model import SkinLesionNet
-from .presets import resize_batch
 from .train import TrainConfig, features_of, photo_logits_of, preload, seed_everything, train_encoder
 
 # (name, overrides): the base recipe first (the shipped CPU one), then one lever per row.
@@ -39,19 +38,11 @@ LEVERS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-@torch.no_grad()
-def flip_tta_logits(model: SkinLesionNet, photos: torch.Tensor, device: torch.device,
-                    batch_size: int = 128) -> np.ndarray:
-    """Per-photo logits averaged over the four flips of the inference view."""
-    model.eval()
-    out = []
-    for start in range(0, len(photos), batch_size):
-        x = resize_batch(photos[start:start + batch_size].to(device), model.image_size)
-        views = [x, x.flip(-1), x.flip(-2), x.flip(-1, -2)]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = torch.stack([model.photo_logits(model.features(v)).float() for v in views]).mean(0)
-        out.append(logits.cpu())
-    return torch.cat(out).numpy()
+def flip_tta_logits(model: SkinLesionNet, photos: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Per-photo logits averaged over the four flips of the inference view (flipping the
+    stored photos commutes with resizing them, so the inference path is reused as it is)."""
+    views = (photos, photos.flip(-1), photos.flip(-2), photos.flip(-1, -2))
+    return np.mean([photo_logits_of(model, features_of(model, v, device), device) for v in views], axis=0)
 
 
 def _summary(logits: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> dict[str, float]:
