@@ -96,6 +96,11 @@ if single:
                           yaxis=dict(range=[0, 1], title="accuracy in bin"))
         c1, c2 = st.columns(2)
         c1.plotly_chart(fig, key="reliability")
+        photo_cal = (card.get("training") or {}).get("calibration", {}).get("photo", {})
+        if photo_cal.get("confidence_map"):
+            c1.caption(f"Probabilities are the logits divided by a temperature ({photo_cal['temperature']:.2f}) with a "
+                       "prior correction, then the top class's probability is mapped to the accuracy seen at that "
+                       "confidence on validation photos (isotonic; decisions unchanged).")
         abst = metrics.get("abstention")
         if abst:
             rc = pd.DataFrame(abst["risk_coverage"]).melt(id_vars=["coverage"], value_vars=["balanced_accuracy", "accuracy"])

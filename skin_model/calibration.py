@@ -1,12 +1,17 @@
 """Post-hoc calibration fitted on validation: a class bias (prior correction for
-balanced accuracy) and a temperature (for honest probabilities)."""
+balanced accuracy), a temperature (for honest probabilities), and a monotone map of
+the top class's probability (top-label isotonic calibration) that removes the
+miscalibration a single temperature leaves, without changing any decision."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from .constants import CLASSES
 from .metrics import classification_report
+
+CONFIDENCE_KNOTS = 33
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, bias: np.ndarray | None = None) -> float:
@@ -51,3 +56,44 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, class_counts: np.nda
                     "val_accuracy": report["accuracy"], "val_ece": report["ece"]}
     assert best is not None
     return best
+
+
+def confidence_grid(knots: int = CONFIDENCE_KNOTS) -> torch.Tensor:
+    """Where the confidence map is tabulated: the top class's probability runs from 1/7 to 1."""
+    return torch.linspace(1.0 / len(CLASSES), 1.0, knots)
+
+
+def fit_confidence_map(probs: np.ndarray, labels: np.ndarray, knots: int = CONFIDENCE_KNOTS) -> np.ndarray:
+    """Observed accuracy as a monotone function of the top class's probability
+    (isotonic regression), tabulated on `confidence_grid`. A temperature can only
+    stretch all confidences alike; this follows where the model is over- or
+    under-confident (top-label calibration, Gupta & Ramdas 2022)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    probs = np.asarray(probs, dtype=np.float64)
+    correct = (probs.argmax(1) == np.asarray(labels)).astype(np.float64)
+    iso = IsotonicRegression(y_min=1.0 / len(CLASSES), y_max=1.0, out_of_bounds="clip")
+    iso.fit(probs.max(1), correct)
+    return iso.predict(confidence_grid(knots).double().numpy()).astype(np.float32)
+
+
+def remap_confidence(logits: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Probabilities from calibrated logits (..., 7) whose top class gets `table`'s
+    value at its probability (linear between knots); the other classes share the rest
+    in their softmax proportions. The top class stays on top, so decisions do not change.
+    Computed on the CPU in double precision (Apple MPS has no float64); returns a CPU tensor."""
+    logits = logits.detach().to("cpu", torch.float64)
+    table = table.detach().to("cpu", torch.float64)
+    probs = logits.softmax(-1)
+    conf, top = probs.max(-1)
+    k = table.numel()
+    lo = 1.0 / logits.shape[-1]
+    pos = ((conf - lo) / (1.0 - lo)).clamp(0.0, 1.0) * (k - 1)
+    left = pos.floor().clamp(max=k - 2).long()
+    frac = pos - left
+    new = table[left] * (1 - frac) + table[left + 1] * frac
+    is_top = torch.nn.functional.one_hot(top, logits.shape[-1]).bool()
+    rest = logits.masked_fill(is_top, float("-inf")).softmax(-1)
+    runner_up = rest.max(-1).values
+    new = torch.maximum(new, runner_up / (1 + runner_up) + 1e-6).clamp(max=1.0)
+    return torch.where(is_top, new.unsqueeze(-1), (1 - new).unsqueeze(-1) * rest).float()

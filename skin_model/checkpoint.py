@@ -109,8 +109,9 @@ def load(directory: str | Path | None = None, strict: bool = True) -> tuple[Skin
     model = SkinLesionNet(backbone=card["backbone"], image_size=card["image_size"], pretrained=False,
                           members=tuple((m["backbone"], m["image_size"]) for m in members))
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    # Weights from before the sequence pooling was fitted use its defaults (full LSTM correction, plain mean).
-    fitted_later = {"sequence_mix", "sequence_sharpness"}
+    # Weights from before the sequence pooling and the confidence map were fitted use their defaults
+    # (full LSTM correction, plain mean; confidence as the temperature leaves it).
+    fitted_later = {"sequence_mix", "sequence_sharpness", "photo_confidence"}
     allowed = {"ood_means", "ood_precision", *fitted_later} if not strict else fitted_later
     if unexpected or set(missing) - allowed:
         raise WeightsError(f"weights do not fit this model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")

@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from . import abstain, ood_set
-from .calibration import softmax
 from .constants import CLASSES
 from .data import Ham10000, split_lesions, table_metadata
 from .images import load_image
@@ -66,9 +65,11 @@ def lesion_groups(table: pd.DataFrame, min_photos: int = 1) -> list[np.ndarray]:
 
 
 def calibrated_probs(model: SkinLesionNet, logits: np.ndarray, kind: str) -> np.ndarray:
-    t = float(getattr(model, f"{kind}_temperature"))
-    b = getattr(model, f"{kind}_bias").cpu().numpy()
-    return softmax(logits / t + b)
+    """The probabilities the predictor shows, from raw logits of the photo or sequence head."""
+    calibrated = model.calibrated(torch.as_tensor(logits, device=model.photo_bias.device).float(), kind)
+    if kind == "photo":
+        return model.photo_probabilities(calibrated).numpy()
+    return calibrated.softmax(-1).cpu().numpy()
 
 
 def split_table(ham: Ham10000, split: str, seed: int = 0, limit: int | None = None) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .calibration import confidence_grid, remap_confidence
 from .constants import BACKBONE, CLASSES, IMAGE_SIZE, META_DIM
 
 FEATURE_DIM = 1280
@@ -98,6 +99,8 @@ class SkinLesionNet(nn.Module):
         # Post-hoc calibration fitted on validation: logits / T + bias.
         self.register_buffer("photo_bias", torch.zeros(n))
         self.register_buffer("photo_temperature", torch.ones(()))
+        # Top-label confidence map of the photo head, tabulated on calibration.confidence_grid (identity until fitted).
+        self.register_buffer("photo_confidence", confidence_grid())
         self.register_buffer("sequence_bias", torch.zeros(n))
         self.register_buffer("sequence_temperature", torch.ones(()))
         # Weight of the LSTM's correction to the photos' pooled probabilities, chosen on validation.
@@ -156,6 +159,11 @@ class SkinLesionNet(nn.Module):
     def calibrated(self, logits: torch.Tensor, kind: str) -> torch.Tensor:
         temperature = getattr(self, f"{kind}_temperature")
         return logits / temperature + getattr(self, f"{kind}_bias")
+
+    def photo_probabilities(self, calibrated_logits: torch.Tensor) -> torch.Tensor:
+        """What a user is shown for each photo: calibrated logits -> probabilities with the
+        top class's confidence mapped to the accuracy observed on validation (CPU tensor)."""
+        return remap_confidence(calibrated_logits, self.photo_confidence)
 
     def forward(self, images: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated per-photo logits of (N, 3, H, W) photos; Grad-CAM calls this."""

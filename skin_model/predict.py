@@ -63,8 +63,8 @@ class Prediction:
                 "status": [self.status(i) for i in range(len(self.photos))]}
 
 
-def _probs(logits: torch.Tensor) -> list[dict[str, float]]:
-    p = logits.float().softmax(-1).cpu().numpy().reshape(-1, len(CLASSES))
+def _probs(probs: torch.Tensor) -> list[dict[str, float]]:
+    p = probs.float().cpu().numpy().reshape(-1, len(CLASSES))
     return [{c: float(v) for c, v in zip(CLASSES, row)} for row in p]
 
 
@@ -114,13 +114,13 @@ class Predictor:
         meta = self._meta(len(pil), age, sex, site)
         feats = self.model.features(x)
         raw = self.model.photo_logits(feats, meta)
-        photos = _probs(self.model.calibrated(raw, "photo"))
+        photos = _probs(self.model.photo_probabilities(self.model.calibrated(raw, "photo")))
         verdicts = self.check(pil, feats)
         accepted = [i for i, v in enumerate(verdicts) if v is None or not v.rejected][-MAX_SEQUENCE:]
         seq = None
         if accepted and (sequence or (sequence is None and len(pil) > 1)):
             f, r = feats[accepted], raw[accepted]
-            seq = _probs(self.model.calibrated(self.model.sequence_logits(f[None], r[None]), "sequence"))[0]
+            seq = _probs(self.model.calibrated(self.model.sequence_logits(f[None], r[None]), "sequence").softmax(-1))[0]
         return Prediction(photos=photos, sequence=seq, inconclusive_below=self.inconclusive_below, ood=verdicts)
 
     def check(self, photos: list[Image.Image], feats: torch.Tensor) -> list[ood.OODVerdict | None]:

@@ -13,11 +13,12 @@ import torch
 from tqdm import tqdm
 
 from . import abstain, ood
-from .calibration import fit_calibration
+from .calibration import fit_calibration, fit_confidence_map, softmax
 from .constants import CLASSES
 from .data import Ham10000, training_tables
 from .evaluate import VARIANTS, calibrated_probs, lesion_groups, lesion_sequence_logits, photo_outputs
 from .images import load_image
+from .metrics import expected_calibration_error
 from .model import FEATURE_DIM, SkinLesionNet
 
 
@@ -65,7 +66,8 @@ def _set_calibration(model: SkinLesionNet, kind: str, fit: dict[str, Any]) -> No
 
 @torch.no_grad()
 def fit(model: SkinLesionNet, ham: Ham10000, device: torch.device, seed: int = 0, limit: int | None = None) -> dict[str, Any]:
-    """Set calibration and OOD buffers in `model`; return the model-card entries.
+    """Set calibration (temperature, prior correction, confidence map), sequence pooling
+    and OOD buffers in `model`; return the model-card entries.
 
     `limit` keeps only that many photos per split (for quick smoke runs)."""
     model.eval()
@@ -95,12 +97,16 @@ def fit(model: SkinLesionNet, ham: Ham10000, device: torch.device, seed: int = 0
     counts = np.bincount(train_t.label.to_numpy(), minlength=n)
     photo_fit = fit_calibration(val_logits, val_labels, counts)
     _set_calibration(model, "photo", photo_fit)
+    model.photo_confidence.copy_(torch.as_tensor(fit_confidence_map(
+        softmax(val_logits / photo_fit["temperature"] + photo_fit["bias"]), val_labels)))
+    photo_fit["confidence_map"] = model.photo_confidence.tolist()
     model.sequence_bias.zero_()
     model.sequence_temperature.fill_(1.0)
     seq_fit = _fit_sequence(model, val_t, val_feats, val_logits, counts, device)
     _set_calibration(model, "sequence", seq_fit)
 
     probs = calibrated_probs(model, val_logits, "photo")
+    photo_fit["val_ece_with_map"] = expected_calibration_error(probs, val_labels)
     choice = abstain.choose_threshold(probs, val_labels)
 
     def plain(f: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,20 @@
-"""skin_model.calibration: temperature and prior correction on made-up logits with a known truth."""
+"""skin_model.calibration: temperature, prior correction and confidence map on made-up logits with a known truth."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from skin_model.calibration import fit_calibration, fit_temperature, softmax
+from skin_model.calibration import (
+    CONFIDENCE_KNOTS,
+    confidence_grid,
+    fit_calibration,
+    fit_confidence_map,
+    fit_temperature,
+    remap_confidence,
+    softmax,
+)
 from skin_model.constants import CLASSES
 from skin_model.metrics import classification_report, expected_calibration_error
 
@@ -84,3 +93,58 @@ def test_prior_correction_helps_rare_classes() -> None:
     # only taus from the grid given are tried
     only_zero = fit_calibration(logits, labels, counts, taus=np.array([0.0]))
     assert only_zero["tau"] == 0.0 and np.allclose(only_zero["bias"], 0.0)
+
+
+def miscalibrated(n: int = 4000, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Confident photos are right less often than they claim and unsure ones more often:
+    no single temperature fixes both ends."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0.0, 1.0, size=(n, N)) * rng.uniform(0.2, 4.0, size=(n, 1))
+    probs = softmax(logits)
+    conf, top = probs.max(1), probs.argmax(1)
+    truth = 0.25 + 0.5 * conf  # accuracy actually reached at each confidence
+    right = rng.random(n) < truth
+    other = (top + rng.integers(1, N, n)) % N
+    return logits, np.where(right, top, other)
+
+
+def test_confidence_map_lowers_ece_where_a_temperature_cannot() -> None:
+    logits, labels = miscalibrated()
+    fit_l, fit_y, test_l, test_y = logits[:2000], labels[:2000], logits[2000:], labels[2000:]
+    t = fit_temperature(fit_l, fit_y)
+    table = fit_confidence_map(softmax(fit_l / t), fit_y)
+    assert table.shape == (CONFIDENCE_KNOTS,)
+    assert np.all(np.diff(table) >= 0) and table[0] >= 1 / N - 1e-6 and table[-1] <= 1.0
+    temperature_only = softmax(test_l / t)
+    mapped = remap_confidence(torch.as_tensor(test_l / t), torch.as_tensor(table)).numpy()
+    assert np.allclose(mapped.sum(1), 1.0, atol=1e-5)
+    assert np.array_equal(mapped.argmax(1), temperature_only.argmax(1))  # no decision changes
+    before = expected_calibration_error(temperature_only, test_y)
+    after = expected_calibration_error(mapped, test_y)
+    assert after < before / 2 and after < 0.03, (before, after)
+
+
+def test_identity_map_changes_nothing_and_keeps_proportions() -> None:
+    logits, _ = toy(3.0, n=200)
+    out = remap_confidence(torch.as_tensor(logits), confidence_grid()).numpy()
+    assert np.allclose(out, softmax(logits), atol=1e-5)
+    lowered = remap_confidence(torch.as_tensor(logits), torch.full((CONFIDENCE_KNOTS,), 0.5)).numpy()
+    probs = softmax(logits)
+    top = probs.argmax(1)
+    keep = probs.max(1) > 0.5
+    rows = np.arange(len(probs))[keep]
+    assert np.allclose(lowered[rows, top[keep]], 0.5, atol=1e-5)
+    # the other classes share what is left in their original proportions
+    others = np.ones_like(probs, dtype=bool)
+    others[np.arange(len(probs)), top] = False
+    share_after = lowered[others].reshape(len(probs), N - 1)[keep]
+    share_before = probs[others].reshape(len(probs), N - 1)[keep]
+    assert np.allclose(share_after / share_after.sum(1, keepdims=True),
+                       share_before / share_before.sum(1, keepdims=True), atol=1e-5)
+
+
+def test_remap_keeps_the_top_class_on_top_when_the_map_asks_for_less() -> None:
+    logits = torch.tensor([[2.0, 1.9, 0.0, 0.0, 0.0, 0.0, 0.0], [50.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    out = remap_confidence(logits, torch.full((CONFIDENCE_KNOTS,), 1 / N))
+    assert out.argmax(1).tolist() == [0, 0]
+    assert torch.isfinite(out).all() and torch.allclose(out.sum(1), torch.ones(2, dtype=out.dtype))

@@ -111,3 +111,27 @@ def test_missing_folder(tmp_path: Path) -> None:
 def test_weights_error_is_a_runtime_error() -> None:
     # the CLI turns RuntimeError into a one-line message instead of a traceback
     assert issubclass(WeightsError, RuntimeError)
+
+
+def test_weights_from_before_the_fitted_sequence_pooling_and_confidence_map_load_with_defaults(saved: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from skin_model.calibration import confidence_grid
+
+    weights = saved / WEIGHTS_FILE
+    state = load_file(str(weights))
+    for key in ("photo_confidence", "sequence_mix", "sequence_sharpness"):
+        del state[key]
+    save_file(state, str(weights))
+    card = _card(saved)
+    card["sha256"] = checkpoint.sha256(weights)
+    (saved / CARD_FILE).write_text(json.dumps(card))
+    model, _ = checkpoint.load(saved)
+    assert torch.equal(model.photo_confidence, confidence_grid())  # probabilities as the temperature leaves them
+    assert float(model.sequence_mix) == 1.0 and float(model.sequence_sharpness) == 0.0
+    state["photo_bias_typo"] = state.pop("photo_bias")
+    save_file(state, str(weights))
+    card["sha256"] = checkpoint.sha256(weights)
+    (saved / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="do not fit"):
+        checkpoint.load(saved)

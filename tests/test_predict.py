@@ -179,3 +179,17 @@ def test_sequence_method_describes_the_fitted_pooling(predictor: Predictor) -> N
     finally:
         model.sequence_sharpness.fill_(saved[0])
         model.sequence_mix.fill_(saved[1])
+
+
+def test_photo_probabilities_follow_the_fitted_confidence_map(tiny_weights: Path, three) -> None:
+    predictor = load_predictor(tiny_weights, device="cpu")
+    before = predictor.predict(three)
+    with torch.no_grad():
+        predictor.model.photo_confidence.fill_(0.3)  # "at any confidence, right 30% of the time"
+    after = predictor.predict(three)
+    for b, a in zip(before.photos, after.photos):
+        assert Prediction.top(a)[0] == Prediction.top(b)[0]  # same decision
+        p1, p2 = sorted(b.values())[-1], sorted(b.values())[-2]
+        assert Prediction.top(a)[1] == pytest.approx(max(0.3, p2 / (1 - p1 + p2)), abs=1e-4)
+        assert sum(a.values()) == pytest.approx(1.0, abs=1e-5)
+    assert after.sequence == pytest.approx(before.sequence)  # the sequence head has its own calibration

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from skin_model import trust
+from skin_model.calibration import confidence_grid
 from skin_model.constants import CLASSES
 from skin_model.data import load_ham10000, split_lesions
 from skin_model.images import load_image
@@ -62,6 +63,17 @@ def test_fit_sets_calibration(fitted) -> None:
         assert {"tau", "score", "val_balanced_accuracy", "val_accuracy", "val_ece"} <= set(entry)
 
 
+def test_fit_sets_the_confidence_map(fitted) -> None:
+    model, _, card, before, _ = fitted
+    assert torch.equal(before["photo_confidence"], confidence_grid())  # identity until fitted
+    table = model.photo_confidence
+    assert table.shape == confidence_grid().shape and bool((table.diff() >= 0).all())
+    assert 1 / len(CLASSES) - 1e-6 <= float(table.min()) and float(table.max()) <= 1.0
+    entry = card["calibration"]["photo"]
+    assert np.allclose(entry["confidence_map"], table.numpy())
+    assert 0.0 <= entry["val_ece_with_map"] <= 1.0
+
+
 def test_fit_sets_the_ood_statistics(fitted) -> None:
     model, _, _, before, _ = fitted
     assert torch.count_nonzero(before["ood_means"]) == 0
@@ -71,7 +83,7 @@ def test_fit_sets_the_ood_statistics(fitted) -> None:
     assert torch.isfinite(model.ood_means).all() and torch.isfinite(model.ood_precision).all()
     assert torch.allclose(model.ood_precision, model.ood_precision.T, atol=1e-2 * model.ood_precision.abs().max())
     # only the trust buffers change: the network's weights are untouched
-    trust_buffers = {"photo_bias", "photo_temperature", "sequence_bias", "sequence_temperature",
+    trust_buffers = {"photo_bias", "photo_temperature", "photo_confidence", "sequence_bias", "sequence_temperature",
                      "sequence_mix", "sequence_sharpness", "ood_means", "ood_precision"}
     for name, value in model.state_dict().items():
         if name not in trust_buffers:
