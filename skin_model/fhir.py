@@ -187,7 +187,8 @@ def diagnostic_report(prediction: Any, photos: Sequence[Image.Image], names: Seq
 
     sequence = getattr(prediction, "sequence", None)
     if sequence:
-        method = f"Sequence of {len(photos)} photos of one lesion, in time order (CNN-LSTM)"
+        how = getattr(prediction, "sequence_method", None) or "the photos' probabilities pooled"
+        method = f"Sequence of {len(photos)} photos of one lesion, in time order: {how}"
         note = "Sequence prediction over the photos that were analysed, in time order."
         last = next((_date(d) for d in reversed(dates) if _date(d)), None)
         observations += [(o, f"sequence: {o.code.text}") for o in

@@ -36,6 +36,7 @@ class Prediction:
     inconclusive_below: float = DEFAULT_INCONCLUSIVE_BELOW
     ood: list[ood.OODVerdict | None] = field(default_factory=list)
     classes: tuple[str, ...] = field(default=CLASSES)
+    sequence_method: str | None = None  # how the sequence combined the photos, in words (reports quote it)
 
     @staticmethod
     def top(probs: dict[str, float]) -> tuple[str, float]:
@@ -121,7 +122,8 @@ class Predictor:
         if accepted and (sequence or (sequence is None and len(pil) > 1)):
             f, r = feats[accepted], raw[accepted]
             seq = _probs(self.model.calibrated(self.model.sequence_logits(f[None], r[None]), "sequence").softmax(-1))[0]
-        return Prediction(photos=photos, sequence=seq, inconclusive_below=self.inconclusive_below, ood=verdicts)
+        return Prediction(photos=photos, sequence=seq, inconclusive_below=self.inconclusive_below, ood=verdicts,
+                          sequence_method=self.sequence_method if seq is not None else None)
 
     def check(self, photos: list[Image.Image], feats: torch.Tensor) -> list[ood.OODVerdict | None]:
         """The out-of-distribution verdict of each photo (None when the weights carry no OOD fit)."""

@@ -282,6 +282,10 @@ def pdf_report(prediction: Any, photos: Sequence[Image.Image], names: Sequence[s
                                 + (" - malignant class" if code in MALIGNANT else "")
                                 + (". " + STATUS_LABEL["inconclusive"] if prediction.is_inconclusive(sequence) else "")),
                        align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        how = getattr(prediction, "sequence_method", None)
+        if how:
+            pdf.multi_cell(0, 5, _t(f"How the photos are combined: {how}."), align="L",
+                           new_x=XPos.LMARGIN, new_y=YPos.NEXT)
         _probability_table(pdf, sequence)
     if len(photos) > 1:
         _heading(pdf, "Evolution across visits")

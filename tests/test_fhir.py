@@ -48,7 +48,8 @@ def probability_values(observations: list, derived_from: str) -> dict[str, float
 
 
 def test_bundle_validates_and_has_every_part() -> None:
-    pred = Prediction(photos=[probs("nv", 0.8), probs("mel", 0.6)], sequence=probs("mel", 0.7))
+    pred = Prediction(photos=[probs("nv", 0.8), probs("mel", 0.6)], sequence=probs("mel", 0.7),
+                      sequence_method="the mean of the photos' probabilities")
     out = diagnostic_report(pred, [photo(0), photo(1, (2000, 1500))], ["2019.jpg", "2021.jpg"], CARD,
                             dates=[datetime.date(2019, 3, 1), datetime.date(2021, 3, 1)])
     assert isinstance(out, dict)
@@ -88,7 +89,8 @@ def test_bundle_validates_and_has_every_part() -> None:
     assert mel.valueQuantity.unit == "%" and mel.valueQuantity.code == "%"
 
     sequence = [o for o in observations if o.valueQuantity is not None and len(o.derivedFrom) == 2]
-    assert len(sequence) == 7 and "Sequence of 2 photos" in sequence[0].method.text
+    assert len(sequence) == 7
+    assert sequence[0].method.text == "Sequence of 2 photos of one lesion, in time order: the mean of the photos' probabilities"
     assert {o.code.coding[0].code: float(o.valueQuantity.value) for o in sequence}["mel"] == pytest.approx(70.0)
 
 

@@ -164,7 +164,7 @@ def test_inconclusive_threshold_from_card(tiny_weights: Path) -> None:
     assert predictor.inconclusive_below == 0.3
 
 
-def test_sequence_method_describes_the_fitted_pooling(predictor: Predictor) -> None:
+def test_sequence_method_describes_the_fitted_pooling(predictor: Predictor, three) -> None:
     model = predictor.model
     saved = float(model.sequence_sharpness), float(model.sequence_mix)
     try:
@@ -176,6 +176,8 @@ def test_sequence_method_describes_the_fitted_pooling(predictor: Predictor) -> N
         assert "LSTM" not in predictor.sequence_method
         model.sequence_mix.fill_(0.5)
         assert predictor.sequence_method.endswith("corrected by an LSTM that reads them in time order")
+        assert predictor.predict(three).sequence_method == predictor.sequence_method  # reports quote it
+        assert predictor.predict(three[:1]).sequence_method is None
     finally:
         model.sequence_sharpness.fill_(saved[0])
         model.sequence_mix.fill_(saved[1])

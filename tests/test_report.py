@@ -60,13 +60,14 @@ def test_single_photo_report_has_disclaimer_classes_and_checksum() -> None:
 
 def test_several_photos_have_sequence_chart_and_marks() -> None:
     pred = Prediction(photos=[probs("nv", 0.8), probs("nv", 0.45), probs("mel", 0.6)],
-                      sequence=probs("mel", 0.55))
+                      sequence=probs("mel", 0.55), sequence_method="the mean of the photos' probabilities")
     names = ["2019.jpg", "2020 \u2014 b\u00e9.png", "2021.jpg"]  # a dash outside Latin-1 must not break the PDF
     data = pdf_report(pred, [photo(i, (300, 200)) for i in range(3)], names, CARD,
                       dates=[datetime.date(2019, 1, 1), None, datetime.date(2021, 1, 1)])
     pages, text = pdf_text(data)
     assert pages >= 2
     assert "Sequence prediction (3 photos" in text and "Evolution across visits" in text
+    assert "How the photos are combined: the mean of the photos' probabilities." in " ".join(text.split())
     assert "2019-01-01" in text and "visit 2" in text
     assert "INCONCLUSIVE" in text  # photo 2 (45% < 50%)
     assert text.count("yes (!)") == len(MALIGNANT) * 4  # sequence table + three photo tables
