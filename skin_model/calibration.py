@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from .constants import CLASSES
-from .metrics import classification_report
 
 CONFIDENCE_KNOTS = 33
 
@@ -42,6 +41,8 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, class_counts: np.nda
                     taus: np.ndarray | None = None) -> dict[str, object]:
     """Choose a prior correction -tau*log(freq) that maximises balanced accuracy plus
     accuracy on validation, then the temperature that makes its probabilities honest."""
+    from .metrics import classification_report  # fit time only: applying calibration needs no pandas
+
     taus = np.round(np.linspace(-0.5, 1.0, 16), 3) if taus is None else taus
     log_freq = np.log(np.maximum(class_counts, 1) / np.sum(class_counts))
     best: dict[str, object] | None = None
