@@ -68,7 +68,7 @@ def calibrated_probs(model: SkinLesionNet, logits: np.ndarray, kind: str) -> np.
     """The probabilities the predictor shows, from raw logits of the photo or sequence head."""
     calibrated = model.calibrated(torch.as_tensor(logits, device=model.photo_bias.device).float(), kind)
     if kind == "photo":
-        return model.photo_probabilities(calibrated).numpy()
+        return model.photo_probabilities(calibrated).cpu().numpy()
     return calibrated.softmax(-1).cpu().numpy()
 
 

@@ -2,7 +2,7 @@
 LSTM reads the time-ordered photos of one lesion, and two heads give per-photo
 and per-sequence logits over the seven classes.
 
-The sequence logits are the log of the photos' pooled calibrated probabilities
+The sequence logits are the log of the photos' pooled probabilities (as shown for each photo)
 (a mean weighted towards the most confident photos, the weighting fitted on
 validation) plus an LSTM correction (initialised at zero), so one photo and a
 sequence share one set of weights and a sequence starts from the photos' consensus.
@@ -136,10 +136,10 @@ class SkinLesionNet(nn.Module):
         return logits
 
     def pooled_log_probs(self, photo_logits: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        """Log of the mean of the photos' calibrated probabilities, each photo weighted by
+        """Log of the mean of the photos' probabilities (as shown for each photo), each photo weighted by
         softmax(sharpness * its confidence): a sharp, clear photo outweighs blurred or
         ambiguous ones, and sharpness 0 is the plain mean. (B, T, 7) and a (B, T) mask -> (B, 7)."""
-        probs = self.calibrated(photo_logits.float(), "photo").softmax(-1)
+        probs = self.photo_probabilities(self.calibrated(photo_logits.float(), "photo"))
         score = (self.sequence_sharpness * probs.amax(-1)).masked_fill(~steps, float("-inf"))
         weights = score.softmax(-1).unsqueeze(-1)
         return (weights * probs).sum(1).clamp_min(1e-12).log()
@@ -162,7 +162,7 @@ class SkinLesionNet(nn.Module):
 
     def photo_probabilities(self, calibrated_logits: torch.Tensor) -> torch.Tensor:
         """What a user is shown for each photo: calibrated logits -> probabilities with the
-        top class's confidence mapped to the accuracy observed on validation (CPU tensor)."""
+        top class's confidence mapped to the accuracy observed on validation."""
         return remap_confidence(calibrated_logits, self.photo_confidence)
 
     def forward(self, images: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:

@@ -114,14 +114,14 @@ def test_confidence_map_lowers_ece_where_a_temperature_cannot() -> None:
     t = fit_temperature(fit_l, fit_y)
     table = fit_confidence_map(softmax(fit_l / t), fit_y)
     assert table.shape == (CONFIDENCE_KNOTS,)
-    assert np.all(np.diff(table) >= 0) and table[0] >= 1 / N - 1e-6 and table[-1] <= 1.0
+    assert np.all(np.diff(table) > 0) and table[0] >= 1 / N - 1e-6 and table[-1] <= 1.0  # strictly increasing
     temperature_only = softmax(test_l / t)
     mapped = remap_confidence(torch.as_tensor(test_l / t), torch.as_tensor(table)).numpy()
     assert np.allclose(mapped.sum(1), 1.0, atol=1e-5)
     assert np.array_equal(mapped.argmax(1), temperature_only.argmax(1))  # no decision changes
     before = expected_calibration_error(temperature_only, test_y)
     after = expected_calibration_error(mapped, test_y)
-    assert after < before / 2 and after < 0.03, (before, after)
+    assert after < before / 4 and after < 0.05, (before, after)
 
 
 def test_identity_map_changes_nothing_and_keeps_proportions() -> None:

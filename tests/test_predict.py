@@ -194,4 +194,12 @@ def test_photo_probabilities_follow_the_fitted_confidence_map(tiny_weights: Path
         p1, p2 = sorted(b.values())[-1], sorted(b.values())[-2]
         assert Prediction.top(a)[1] == pytest.approx(max(0.3, p2 / (1 - p1 + p2)), abs=1e-4)
         assert sum(a.values()) == pytest.approx(1.0, abs=1e-5)
-    assert after.sequence == pytest.approx(before.sequence)  # the sequence head has its own calibration
+    # the sequence pools the photos' probabilities as shown (here: their plain mean)
+    model = predictor.model
+    with torch.no_grad():
+        model.sequence_mix.fill_(0.0)
+        model.sequence_sharpness.fill_(0.0)
+        model.sequence_temperature.fill_(1.0)
+        model.sequence_bias.zero_()
+    pooled = predictor.predict(three)
+    assert _values(pooled.sequence) == pytest.approx(np.mean([_values(p) for p in pooled.photos], axis=0), abs=1e-5)

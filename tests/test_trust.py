@@ -67,7 +67,7 @@ def test_fit_sets_the_confidence_map(fitted) -> None:
     model, _, card, before, _ = fitted
     assert torch.equal(before["photo_confidence"], confidence_grid())  # identity until fitted
     table = model.photo_confidence
-    assert table.shape == confidence_grid().shape and bool((table.diff() >= 0).all())
+    assert table.shape == confidence_grid().shape and bool((table.diff() > 0).all())
     assert 1 / len(CLASSES) - 1e-6 <= float(table.min()) and float(table.max()) <= 1.0
     entry = card["calibration"]["photo"]
     assert np.allclose(entry["confidence_map"], table.numpy())
