@@ -82,8 +82,7 @@ def run(base: TrainConfig, levers: list[tuple[str, dict[str, Any]]] = LEVERS, ou
         photos, val_photos = banks[cfg.image_size]
         seed_everything(cfg.seed)
         model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=True).to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)
         stage1 = train_encoder(model, cfg, photos, labels, val_photos, val_labels, device)
         logits = photo_logits_of(model, features_of(model, val_photos, device), device)
         plain = _summary(logits, val_labels, counts)

@@ -15,7 +15,7 @@ def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, run
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    card = run(cfg)
+    card = run(cfg, resume=args.resume)
     print(json.dumps({k: card["metrics"]["single_photo"]["full"][k]
                       for k in ("accuracy", "balanced_accuracy", "macro_auc", "ece")}, indent=2))
     return 0
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         kind = type(default) if default is not None else {"int | None": int, "float | None": float}.get(str(f.type), str)
         for p in (train, ab):
             p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default)
+    train.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose --out was DIR, from its "
+                       "last finished epoch (its saved options are used)")
     train.set_defaults(func=_train)
     ab.add_argument("--json-out", help="write the ablation (rows, best recipe) as JSON here")
     ab.add_argument("--flags-out", help="write the winning recipe's `skin-model train` flags here")

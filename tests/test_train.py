@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -14,9 +15,9 @@ from skin_model import checkpoint
 from skin_model.constants import CARD_FILE, CLASSES, WEIGHTS_FILE
 from skin_model.data import load_ham10000, split_lesions
 from skin_model.devices import describe
-from skin_model.model import build_backbone
+from skin_model.model import SkinLesionNet, build_backbone
 from skin_model.predict import load_predictor
-from skin_model.train import TrainConfig, run, train_encoder
+from skin_model.train import RESUME_FILE, TrainConfig, load_resume, run, save_resume, train_encoder, warm_start
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +118,102 @@ def test_ema_keeps_the_moving_average_of_the_weights(tiny_model) -> None:
     # the first update copies the weights, the second averages with decay 0.5
     assert torch.allclose(kept, 0.5 * after_step[0] + 0.5 * after_step[1], atol=1e-6)
     assert not torch.allclose(kept, after_step[1], atol=1e-4)
+
+
+class _Stop(Exception):
+    """Stands for a run killed after its first epoch checkpoint."""
+
+
+def _train_tiny(model, cfg: TrainConfig, photos: torch.Tensor, labels: np.ndarray, **kwargs) -> dict:
+    return train_encoder(model, cfg, photos, labels, photos[:6], labels[:6], torch.device("cpu"), **kwargs)
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tiny_model, tmp_path: Path) -> None:
+    """Killed after epoch 1 of 3 and resumed from its checkpoint, a run ends with the same weights
+    as one never interrupted: optimiser, schedule, EMA and every random generator are restored."""
+    torch.manual_seed(0)
+    photos = torch.randint(0, 256, (12, 3, 48, 64), dtype=torch.uint8)
+    labels = np.arange(12) % len(CLASSES)
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, ema=0.9, mixup=0.5, device="cpu", freeze_blocks=2)
+    fresh = copy.deepcopy(tiny_model)
+
+    torch.manual_seed(1)
+    whole = copy.deepcopy(fresh)
+    whole_result = _train_tiny(whole, cfg, photos, labels, checkpoint_to=tmp_path / "a" / RESUME_FILE)
+
+    real_save = save_resume
+
+    def save_then_die(path: Path, state: dict) -> None:
+        real_save(path, state)
+        raise _Stop
+
+    torch.manual_seed(1)
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(_Stop):
+        patch.setattr("skin_model.train.save_resume", save_then_die)
+        _train_tiny(copy.deepcopy(fresh), cfg, photos, labels, checkpoint_to=tmp_path / "b" / RESUME_FILE)
+    saved = load_resume(tmp_path / "b")
+    assert saved["epoch"] == 1 and saved["config"]["epochs"] == 3
+
+    torch.manual_seed(123)  # whatever the global generator holds now, the checkpoint's state is used
+    resumed = copy.deepcopy(fresh)
+    resumed_result = _train_tiny(resumed, cfg, photos, labels, resume=saved)
+
+    assert [h["epoch"] for h in resumed_result["history"]] == [1, 2, 3]
+    assert resumed_result["best_epoch"] == whole_result["best_epoch"]
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    changed = [not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), whole.state_dict().values())]
+    assert any(changed)
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        load_resume(tmp_path)
+
+
+def test_warm_start_loads_the_shipped_weights() -> None:
+    """--init copies the shipped main model (its input size may differ); ensemble members are left out."""
+    shipped, card = checkpoint.load()
+    model = SkinLesionNet(card["backbone"], 96, pretrained=False)
+    info = warm_start(model, checkpoint.DEFAULT_WEIGHTS_DIR)
+    assert info["sha256"] == card["sha256"]
+    own, theirs = model.state_dict(), shipped.state_dict()
+    assert info["tensors"] == len(own)
+    for name, value in own.items():
+        assert torch.equal(value, theirs[name]), name
+
+
+def test_warm_start_refuses_another_backbone(tiny_weights: Path) -> None:
+    with pytest.raises(ValueError, match="efficientnet-lite0"):
+        warm_start(SkinLesionNet("efficientnet-lite1", 64, pretrained=False), tiny_weights)
+
+
+def test_killed_run_resumes_from_the_command_line(tmp_path: Path, tiny_weights: Path, fake_ham_at) -> None:
+    """`skin-model train --init WEIGHTS` killed after its first epoch, then `skin-model train --resume DIR`:
+    the run finishes with its saved options, records the warm start and the resume, and removes
+    its checkpoint."""
+    from skin_model.cli import main
+
+    data = fake_ham_at(tmp_path / "ham", "flat", lesions_per_class=4, images_per_lesion=(1, 2))
+    out = tmp_path / "run"
+    cfg = TrainConfig(data=str(data), out=str(out), epochs=2, limit=16, views=1, sequence_steps=3, batch_size=8,
+                      device="cpu", heatmap_photos=0, init=str(tiny_weights))
+    real_save = save_resume
+
+    def save_then_die(path: Path, state: dict) -> None:
+        real_save(path, state)
+        raise _Stop
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(_Stop):
+        patch.setattr("skin_model.train.save_resume", save_then_die)
+        run(cfg)
+    assert (out / RESUME_FILE).is_file() and not (out / CARD_FILE).exists()
+
+    assert main(["train", "--resume", str(out)]) == 0
+    card = json.loads((out / CARD_FILE).read_text())
+    training = card["training"]
+    assert training["resumed"] is True
+    assert training["init"]["sha256"] == checkpoint.read_card(tiny_weights)["sha256"]
+    assert training["config"]["epochs"] == 2 and training["config"]["init"] == str(tiny_weights)
+    assert [h["epoch"] for h in training["stage1"]["history"]] == [1, 2]
+    assert not (out / RESUME_FILE).exists()
