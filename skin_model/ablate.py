@@ -63,7 +63,7 @@ def run(base: TrainConfig, levers: list[tuple[str, dict[str, Any]]] = LEVERS, ou
     start = time.time()
     device = select_device(base.device)
     ham = load_ham10000(base.data)
-    train_t, val_t = training_tables(ham.table, base.seed, base.limit)
+    train_t, val_t = training_tables(ham.table, base.split, base.limit)
     labels, val_labels = train_t.label.to_numpy(), val_t.label.to_numpy()
     counts = np.bincount(labels, minlength=len(CLASSES))
     banks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -16,9 +16,22 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     card = run(cfg, resume=args.resume)
+    if "metrics" not in card:
+        print(f"wrote uncalibrated weights to {cfg.out}; next: skin-model calibrate --weights {cfg.out} --data DIR")
+        return 0
     print(json.dumps({k: card["metrics"]["single_photo"]["full"][k]
                       for k in ("accuracy", "balanced_accuracy", "macro_auc", "ece")}, indent=2))
     return 0
+
+
+def _flag(text: str) -> bool:
+    """A yes/no option's value: true/false, yes/no, on/off or 1/0."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _ablate(args: argparse.Namespace) -> int:
@@ -227,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, f.name)
         # Optional fields (default None) take their type from the annotation, e.g. "float | None".
         kind = type(default) if default is not None else {"int | None": int, "float | None": float}.get(str(f.type), str)
+        kind = _flag if kind is bool else kind
         for p in (train, ab):
             p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default)
     train.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose --out was DIR, from its "

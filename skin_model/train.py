@@ -60,6 +60,18 @@ class TrainConfig:
     time_budget_min: float | None = None
     heatmap_photos: int = 200
     init: str | None = None
+    channels_last: bool = True
+    cpu_bf16: bool = False
+    split_seed: int | None = None
+    teacher: str | None = None
+    distil_weight: float = 0.5
+    fit_trust: bool = True
+
+    @property
+    def split(self) -> int:
+        """The seed of the lesion-grouped split (`--seed` unless `--split-seed` is given), so
+        models of several seeds can share one split and be combined or distilled."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 def seed_everything(seed: int) -> None:
@@ -102,14 +114,16 @@ def _freeze_early(model: SkinLesionNet, n_blocks: int) -> list[nn.Module]:
     return frozen
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def _autocast(device: torch.device, cpu_bf16: bool = False) -> torch.autocast:
+    """bfloat16 on CUDA; on a CPU only when asked (fast with AVX512-BF16, 9x slower without)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or cpu_bf16)
 
 
-def _to_device_batch(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Channels-last on every device: on this project's 2-core CPU a training step of Lite0
-    at 176 px takes 87 ms a photo channels-last against 122 ms in NCHW."""
-    return x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+def _to_device_batch(x: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    """Channels-last by default on every device: on this project's 2-core CPU a training step of
+    Lite0 at 176 px takes 87 ms a photo channels-last against 122 ms in NCHW."""
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 @torch.no_grad()
@@ -165,20 +179,20 @@ class Schedule:
         return self.done
 
 
-def mix(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+def mix(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
     """CutMix or mixup (half the time each) with a shuffled copy of the batch; returns
-    the mixed photos, the partner labels and the share of the original."""
+    the mixed photos, the permutation that gave each photo its partner and the share of the original."""
     perm = torch.randperm(len(x), device=x.device, generator=generator)
     lam = torch.rand(1, device=x.device, generator=generator).item()  # Beta(1, 1)
     if torch.rand(1, device=x.device, generator=generator).item() < 0.5:
-        return lam * x + (1 - lam) * x[perm], y[perm], lam
+        return lam * x + (1 - lam) * x[perm], perm, lam
     h, w = x.shape[-2:]
     ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
     top = int(torch.randint(0, h - ch + 1, (1,), generator=generator, device=x.device))
     left = int(torch.randint(0, w - cw + 1, (1,), generator=generator, device=x.device))
     x = x.clone()
     x[..., top:top + ch, left:left + cw] = x[perm][..., top:top + ch, left:left + cw]
-    return x, y[perm], 1 - ch * cw / (h * w)
+    return x, perm, 1 - ch * cw / (h * w)
 
 
 RESUME_FILE = "resume.pt"
@@ -214,27 +228,63 @@ def load_resume(directory: str | Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def new_optimizer(model: SkinLesionNet, cfg: TrainConfig) -> tuple[list[nn.Module], torch.optim.Optimizer]:
+    """Freeze the stem and first blocks, and an AdamW over what is left to train."""
+    frozen = _freeze_early(model, cfg.freeze_blocks)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return frozen, torch.optim.AdamW(params, lr=cfg.lr * 0.01, weight_decay=cfg.weight_decay)
+
+
+def train_step(model: SkinLesionNet, opt: torch.optim.Optimizer, loss_fn: nn.Module, photos: torch.Tensor,
+               y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, device: torch.device,
+               soft: torch.Tensor | None = None) -> float:
+    """One optimiser step on a batch of uint8 photos: augment, mix (if asked), forward, backward.
+
+    `soft` holds a teacher's probabilities for the photos (distillation): the loss is then
+    `distil_weight` of cross-entropy against them and the rest against the labels."""
+    x = augment_batch(photos, model.image_size, gen)
+    perm, lam = None, 1.0
+    if cfg.mixup and torch.rand(1, device=device, generator=gen).item() < cfg.mixup:
+        x, perm, lam = mix(x, gen)
+
+    def loss_of(logits: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+        hard = loss_fn(logits, y if order is None else y[order])
+        if soft is None:
+            return hard
+        target = soft if order is None else soft[order]
+        distilled = -(target * logits.float().log_softmax(-1)).sum(-1).mean()
+        return (1 - cfg.distil_weight) * hard + cfg.distil_weight * distilled
+
+    with _autocast(device, cfg.cpu_bf16):
+        logits = model.photo_logits(model.features(_to_device_batch(x, device, cfg.channels_last)))
+        loss = loss_of(logits, None) if perm is None else lam * loss_of(logits, None) + (1 - lam) * loss_of(logits, perm)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, labels: np.ndarray,
                   val_photos: torch.Tensor, val_labels: np.ndarray, device: torch.device,
                   checkpoint_to: Path | None = None, resume: dict[str, Any] | None = None,
-                  provenance: dict[str, Any] | None = None) -> dict[str, Any]:
+                  provenance: dict[str, Any] | None = None, soft: torch.Tensor | None = None) -> dict[str, Any]:
     """Stage 1: fine-tune encoder + photo head on augmented batches drawn with class-rebalanced
     sampling; keep the epoch with the best validation balanced accuracy + macro AUC.
 
     With `cfg.ema` (a decay such as 0.99) an exponential moving average of the weights is
     what gets scored and kept: it smooths the last steps' noise at no training cost.
+    `soft`: a teacher's probabilities for each training photo (see `train_step`).
     After every epoch the whole state (weights, optimiser, schedule, random generators,
     best epoch so far, and `provenance`, e.g. the warm start) goes to `checkpoint_to`;
     `resume` is such a state, and the run continues from it exactly as if it had never stopped."""
-    frozen = _freeze_early(model, cfg.freeze_blocks)
+    frozen, opt = new_optimizer(model, cfg)
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
     weights = torch.as_tensor(counts[labels] ** (cfg.sampling_power - 1.0), device=device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     bank = photos.to(device)
     y_all = torch.tensor(labels, device=device)
+    soft_all = soft.to(device) if soft is not None else None
     steps_per_epoch = max(1, len(labels) // cfg.batch_size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr * 0.01, weight_decay=cfg.weight_decay)
     schedule = Schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.time_budget_min)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
@@ -264,19 +314,10 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
         total = 0.0
         for step in bar:
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x, y = augment_batch(bank[idx], model.image_size, gen), y_all[idx]
-            partner, lam = y, 1.0
-            if cfg.mixup and torch.rand(1, device=device, generator=gen).item() < cfg.mixup:
-                x, partner, lam = mix(x, y, gen)
-            with _autocast(device):
-                logits = model.photo_logits(model.features(_to_device_batch(x, device)))
-                loss = lam * loss_fn(logits, y) + (1 - lam) * loss_fn(logits, partner)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            total += train_step(model, opt, loss_fn, bank[idx], y_all[idx], cfg, gen, device,
+                                soft=soft_all[idx] if soft_all is not None else None)
             if ema is not None:
                 ema.update_parameters(model)
-            total += loss.item()
             seen += len(idx)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{total / (step + 1):.3f}")
@@ -379,11 +420,35 @@ def warm_start(model: SkinLesionNet, weights: str | Path) -> dict[str, Any]:
     return {"weights": str(weights), "sha256": card["sha256"], "name": card.get("name"), "tensors": len(taken)}
 
 
+def split_description(seed: int) -> str:
+    return f"lesion-grouped, stratified by dx, 70/15/15, seed {seed}"
+
+
+def teacher_probabilities(teacher: str | Path, photos: torch.Tensor, split: int,
+                          device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A trained model's (often an ensemble's) probabilities for every training photo, computed
+    once on the inference view: the soft labels a single student learns from. The teacher must
+    have been trained on the same split, or the student would learn from test photos' neighbours."""
+    model, card = checkpoint.load(teacher, strict=False)
+    if (card.get("data") or {}).get("split") != split_description(split):
+        raise ValueError(f"the teacher {teacher} was trained on another split "
+                         f"({(card.get('data') or {}).get('split')}) than this run ({split_description(split)})")
+    model.to(device)
+    logits = photo_logits_of(model, features_of(model, photos, device), device)
+    info = {"weights": str(teacher), "sha256": card["sha256"], "name": card.get("name"),
+            "architecture": card.get("architecture"),
+            "members": [{"backbone": model.backbone, "image_size": model.image_size}]
+            + [{"backbone": m.backbone, "image_size": m.image_size} for m in model.members]}
+    return torch.as_tensor(logits).softmax(-1), info
+
+
 def run(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
     """The whole recipe; writes weights and model card to `cfg.out` and returns the card.
 
     `resume` is the `--out` folder of an interrupted run: its saved configuration is used
-    and stage 1 continues from its last finished epoch."""
+    and stage 1 continues from its last finished epoch. With `cfg.teacher` the encoder also
+    learns from that model's probabilities (distillation); with `fit_trust` off the run stops
+    before calibration (`skin-model calibrate` or `combine` takes it from there)."""
     saved = load_resume(resume) if resume is not None else None
     if saved is not None:
         cfg = TrainConfig(**{**saved["config"], "out": str(resume)})
@@ -392,21 +457,24 @@ def run(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
     device = select_device(cfg.device)
     tqdm.write(f"training on {describe(device)}")
     ham = load_ham10000(cfg.data)
-    train_t, val_t = training_tables(ham.table, cfg.seed, cfg.limit)
+    train_t, val_t = training_tables(ham.table, cfg.split, cfg.limit)
     labels, val_labels = train_t.label.to_numpy(), val_t.label.to_numpy()
     photos, val_photos = preload(list(train_t.path), cfg.image_size), preload(list(val_t.path), cfg.image_size)
+    soft, teacher = teacher_probabilities(cfg.teacher, photos, cfg.split, device) if cfg.teacher else (None, None)
 
     model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=saved is None and not cfg.init)
     if saved is not None:
         init = (saved.get("provenance") or {}).get("init")
     else:
         init = warm_start(model, cfg.init) if cfg.init else None
-    model = model.to(device).to(memory_format=torch.channels_last)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     resume_path = Path(cfg.out) / RESUME_FILE
     stage1 = train_encoder(model, cfg, photos, labels, val_photos, val_labels, device, checkpoint_to=resume_path,
-                           resume=saved, provenance={"init": init})
+                           resume=saved, provenance={"init": init}, soft=soft)
     t1 = time.time() - start
 
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -420,16 +488,19 @@ def run(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
                 "device": describe(device), "torch": torch.__version__, "stage1_seconds": stage1["seconds"],
                 "views_seconds": round(t_views, 1), "stage2_seconds": round(time.time() - start - t1 - t_views, 1),
                 "seconds": round(time.time() - start + (saved["seconds"] if saved else 0.0), 1),
-                "resumed": saved is not None, "init": init}
+                "resumed": saved is not None, "init": init, "teacher": teacher}
     model = model.to(memory_format=torch.contiguous_format)
     # Written before the trust layer is fitted, so a run cut short still leaves usable
     # weights (`skin-model calibrate` finishes them); finish() overwrites both files.
-    checkpoint.save(model, Path(cfg.out), {"name": "skin-model CNN-LSTM (not yet calibrated)", "training": training})
-    model.to(device)
-    card = finish(model, ham, training, Path(cfg.out), device, seed=cfg.seed, limit=cfg.limit,
-                  heatmap_photos=cfg.heatmap_photos)
+    checkpoint.save(model, Path(cfg.out), {"name": "skin-model CNN-LSTM (not yet calibrated)", "training": training,
+                                           "data": {"split": split_description(cfg.split),
+                                                    "metadata_md5": ham.fingerprint}})
     resume_path.unlink(missing_ok=True)
-    return card
+    if not cfg.fit_trust:
+        return checkpoint.read_card(cfg.out)
+    model.to(device)
+    return finish(model, ham, training, Path(cfg.out), device, seed=cfg.split, limit=cfg.limit,
+                  heatmap_photos=cfg.heatmap_photos)
 
 
 def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: Path, device: torch.device,
@@ -459,8 +530,8 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
         "training": {**training, "calibration": trust_card["calibration"]},
         **card,
         "abstention": trust_card["abstention"],
-        "data": {"dataset": "HAM10000", "metadata_md5": ham.fingerprint, "split": "lesion-grouped, stratified by dx, "
-                 f"70/15/15, seed {seed}", "train_photos": counts.get("train", 0), "val_photos": counts.get("val", 0),
+        "data": {"dataset": "HAM10000", "metadata_md5": ham.fingerprint, "split": split_description(seed),
+                 "train_photos": counts.get("train", 0), "val_photos": counts.get("val", 0),
                  "test_photos": metrics["n_photos"],
                  "citation": "Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large collection of "
                              "multi-source dermatoscopic images of common pigmented skin lesions. Sci. Data 5, "

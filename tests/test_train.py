@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,17 @@ from skin_model.data import load_ham10000, split_lesions
 from skin_model.devices import describe
 from skin_model.model import SkinLesionNet, build_backbone
 from skin_model.predict import load_predictor
-from skin_model.train import RESUME_FILE, TrainConfig, load_resume, run, save_resume, train_encoder, warm_start
+from skin_model.train import (
+    RESUME_FILE,
+    TrainConfig,
+    load_resume,
+    new_optimizer,
+    run,
+    save_resume,
+    train_encoder,
+    train_step,
+    warm_start,
+)
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +228,36 @@ def test_killed_run_resumes_from_the_command_line(tmp_path: Path, tiny_weights: 
     assert training["config"]["epochs"] == 2 and training["config"]["init"] == str(tiny_weights)
     assert [h["epoch"] for h in training["stage1"]["history"]] == [1, 2]
     assert not (out / RESUME_FILE).exists()
+
+
+def test_distillation_loss_follows_the_teacher(tiny_model) -> None:
+    """With all weight on the teacher, one-hot teacher probabilities give the plain label loss, and
+    other teacher probabilities another loss."""
+    torch.manual_seed(0)
+    photos = torch.randint(0, 256, (4, 3, 48, 64), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 4, 5])
+    cfg = TrainConfig(label_smoothing=0.0, distil_weight=1.0, lr=0.0, freeze_blocks=0)
+    losses = []
+    for soft in (None, torch.nn.functional.one_hot(y, len(CLASSES)).float(), torch.full((4, len(CLASSES)), 1 / 7)):
+        model = copy.deepcopy(tiny_model).eval()  # eval: no dropout, so the three forwards match
+        _, opt = new_optimizer(model, cfg)
+        gen = torch.Generator().manual_seed(0)
+        losses.append(train_step(model, opt, torch.nn.CrossEntropyLoss(), photos, y, cfg, gen,
+                                 torch.device("cpu"), soft=soft))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert abs(losses[2] - losses[0]) > 1e-3
+
+
+def test_distilled_model_card_lists_its_teacher(trained: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    """A student trained with --teacher (another seed, the teacher's split) records the teacher in its
+    card; --fit-trust false stops before calibration with a card that `combine` accepts."""
+    data, teacher, teacher_card = trained
+    cfg = TrainConfig(data=str(data), out=str(tmp_path / "student"), epochs=1, limit=16, views=1, sequence_steps=2,
+                      batch_size=8, device="cpu", teacher=str(teacher), seed=3, split_seed=0, fit_trust=False)
+    card = run(cfg)
+    recorded = card["training"]["teacher"]
+    assert recorded["sha256"] == teacher_card["sha256"] and recorded["weights"] == str(teacher)
+    assert recorded["members"] == [{"backbone": teacher_card["backbone"], "image_size": teacher_card["image_size"]}]
+    assert "metrics" not in card and card["data"]["split"] == teacher_card["data"]["split"]
+    with pytest.raises(ValueError, match="another split"):
+        run(replace(cfg, split_seed=1, out=str(tmp_path / "other")))
