@@ -261,3 +261,28 @@ def test_distilled_model_card_lists_its_teacher(trained: tuple[Path, Path, dict]
     assert "metrics" not in card and card["data"]["split"] == teacher_card["data"]["split"]
     with pytest.raises(ValueError, match="another split"):
         run(replace(cfg, split_seed=1, out=str(tmp_path / "other")))
+
+
+@pytest.mark.slow
+def test_gpu_recipe_script_runs_end_to_end(tmp_path: Path, fake_ham_at) -> None:
+    """scripts/gpu_recipe.sh on tiny data (on the CPU here): seeds -> ensemble -> one distilled, calibrated
+    student whose card names its teacher, and weights parts that join into the checksummed file."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    data = fake_ham_at(tmp_path / "ham", "flat", lesions_per_class=4, images_per_lesion=(1, 2))
+    out = tmp_path / "gpu"
+    env = {**os.environ, "SKIN_MODEL_ALLOW_CPU": "1", "SEEDS": "1 2", "SIZE": "64", "EPOCHS": "1",
+           "EXTRA": "--limit 16 --batch-size 8 --device cpu --sequence-steps 2 --heatmap-photos 0"}
+    done = subprocess.run(["bash", str(repo / "scripts" / "gpu_recipe.sh"), str(data), str(out)], env=env,
+                          capture_output=True, text=True, timeout=900, cwd=repo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = json.loads((out / "student" / CARD_FILE).read_text())
+    assert card["training"]["teacher"]["weights"] == str(out / "ensemble")
+    assert len(card["training"]["teacher"]["members"]) == 2 and card["members"] == []
+    assert "metrics" in card and card["image_size"] == 64
+    parts = sorted((out / "parts").glob("skin_model.safetensors.part-*"))
+    joined = tmp_path / "joined.safetensors"
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    assert checkpoint.sha256(joined) == json.loads((out / "parts" / CARD_FILE).read_text())["sha256"]
