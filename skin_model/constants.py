@@ -28,7 +28,7 @@ DISCLAIMER: str = (
 # EfficientNet-Lite was trained on ImageNet with inputs scaled to [-1, 1].
 MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
-IMAGE_SIZE: int = 128
+IMAGE_SIZE: int = 160  # the training default; a model card may name another
 BACKBONE: str = "efficientnet-lite0"
 MAX_SEQUENCE: int = 8
 

@@ -39,20 +39,23 @@ from .presets import augment_batch, resize_batch
 
 @dataclass
 class TrainConfig:
+    """The training recipe; the defaults are the CPU recipe of the shipped weights (bound it with
+    `time_budget_min`: the learning-rate schedule then follows the clock)."""
+
     data: str | None = None
     out: str = "weights"
     backbone: str = BACKBONE
     image_size: int = IMAGE_SIZE
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 1e-3
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 5e-4
     weight_decay: float = 0.05
     freeze_blocks: int = 5
     label_smoothing: float = 0.1
     sampling_power: float = 0.5
     mixup: float = 0.0
-    ema: float = 0.0
-    views: int = 4
+    ema: float = 0.998
+    views: int = 2
     sequence_steps: int = 2000
     seed: int = 0
     limit: int | None = None

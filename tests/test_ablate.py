@@ -45,7 +45,7 @@ def test_best_flags_reproduce_the_winning_recipe(result: tuple[dict, Path]) -> N
     res, _ = result
     args = build_parser().parse_args(["train", *res["best_flags"].split()])
     best = res["best"]
-    for key in ("backbone", "image_size", "freeze_blocks", "mixup", "ema", "epochs"):
+    for key in ("backbone", "image_size", "freeze_blocks", "lr", "batch_size", "mixup", "ema", "epochs"):
         assert getattr(args, key) == best[key], key
     assert {f.name for f in fields(TrainConfig)} == set(best)
 
