@@ -69,7 +69,8 @@ if single:
     if "single_photo_full" in intervals:
         ci = intervals["single_photo_full"]["full"]
         notes.append("single photo, full frame: balanced accuracy {:.3f} to {:.3f}, accuracy {:.3f} to {:.3f}".format(
-            *ci["balanced_accuracy"], *ci["accuracy"]))
+            *ci["balanced_accuracy"], *ci["accuracy"])
+            + (", melanoma recall {:.3f} to {:.3f}".format(*ci["melanoma_recall"]) if "melanoma_recall" in ci else ""))
     if "multi_photo_lesions" in intervals:
         seq = intervals["multi_photo_lesions"]["sequence"]
         notes.append("sequence head minus mean of photos (balanced accuracy): {:+.3f} to {:+.3f}".format(

@@ -222,7 +222,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines += ["", "95% intervals (bootstrap over lesions):"]
     full_ci = report["intervals"]["single_photo_full"]["full"]
     lines.append("  single photo, full: balanced accuracy {:.3f}-{:.3f}, accuracy {:.3f}-{:.3f}".format(
-        *full_ci["balanced_accuracy"], *full_ci["accuracy"]))
+        *full_ci["balanced_accuracy"], *full_ci["accuracy"])
+        + (", melanoma recall {:.3f}-{:.3f}".format(*full_ci["melanoma_recall"]) if "melanoma_recall" in full_ci else ""))
     if "multi_photo_lesions" in report["intervals"]:
         seq_ci = report["intervals"]["multi_photo_lesions"]["sequence"]
         lines.append("  lesions with 2+ photos, sequence minus mean of photos: balanced accuracy {:+.3f} to {:+.3f} "

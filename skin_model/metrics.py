@@ -83,17 +83,22 @@ def classification_report(probs: np.ndarray, labels: np.ndarray) -> dict[str, An
     }
 
 
-def _recall_scores(labels: np.ndarray, preds: np.ndarray, n: int = len(CLASSES)) -> tuple[float, float]:
-    """(balanced accuracy, accuracy), fast enough to call thousands of times."""
+INTERVAL_METRICS = ("balanced_accuracy", "accuracy", "melanoma_recall")
+_MEL = CLASSES.index("mel")
+
+
+def _recall_scores(labels: np.ndarray, preds: np.ndarray, n: int = len(CLASSES)) -> tuple[float, float, float]:
+    """(balanced accuracy, accuracy, melanoma recall), fast enough to call thousands of times."""
     support = np.bincount(labels, minlength=n)
     hits = np.bincount(labels[preds == labels], minlength=n)
     present = support > 0
-    return float((hits[present] / support[present]).mean()), float((preds == labels).mean())
+    mel = hits[_MEL] / support[_MEL] if support[_MEL] else np.nan
+    return float((hits[present] / support[present]).mean()), float((preds == labels).mean()), float(mel)
 
 
 def bootstrap_intervals(labels: np.ndarray, predictions: dict[str, np.ndarray], groups: np.ndarray | None = None,
                         resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
-    """Percentile intervals of balanced accuracy and accuracy, resampling whole lesions
+    """Percentile intervals of balanced accuracy, accuracy and melanoma recall, resampling whole lesions
     (`groups`: one id per row; rows are independent when omitted) so that photos of one
     lesion never count as independent evidence. With two or more predictors the same
     resamples also give the interval of each one's difference from the first, and how
@@ -113,8 +118,8 @@ def bootstrap_intervals(labels: np.ndarray, predictions: dict[str, np.ndarray], 
     first = next(iter(preds))
     for k, d in draws.items():
         arr = np.array(d)
-        entry = {m: np.percentile(arr[:, i], [tail, 100 - tail]).tolist()
-                 for i, m in enumerate(("balanced_accuracy", "accuracy"))}
+        entry = {m: np.nanpercentile(arr[:, i], [tail, 100 - tail]).tolist() for i, m in enumerate(INTERVAL_METRICS)
+                 if not np.isnan(arr[:, i]).all()}
         if k != first:
             diff = arr[:, 0] - np.array(draws[first])[:, 0]
             entry["balanced_accuracy_minus_" + first] = np.percentile(diff, [tail, 100 - tail]).tolist()

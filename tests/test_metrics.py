@@ -145,3 +145,16 @@ def test_bootstrap_resamples_whole_groups_and_compares_on_the_same_draws() -> No
     # a predictor compared with itself is never ahead
     same = bootstrap_intervals(labels, {"a": worse, "b": worse.copy()}, resamples=50)
     assert same["b"]["balanced_accuracy_minus_a"] == [0.0, 0.0] and same["b"]["share_of_resamples_ahead"] == 0.0
+
+
+def test_bootstrap_gives_a_melanoma_recall_interval() -> None:
+    """Half the melanomas found, every other class right: melanoma recall's interval holds 0.5 and excludes 1."""
+    mel = CLASSES.index("mel")
+    labels = np.repeat(np.arange(N), 40)
+    preds = labels.copy()
+    preds[np.flatnonzero(labels == mel)[::2]] = CLASSES.index("nv")
+    ci = bootstrap_intervals(labels, {"model": preds}, resamples=300)
+    lo, hi = ci["model"]["melanoma_recall"]
+    assert lo <= 0.5 <= hi and hi < 1.0
+    no_mel = bootstrap_intervals(labels[labels != mel], {"model": preds[labels != mel]}, resamples=20)
+    assert "melanoma_recall" not in no_mel["model"]
