@@ -31,9 +31,13 @@ for seed in $seeds; do
     --out "$out/seed$seed" "${extra[@]}"
   members+=("$out/seed$seed")
 done
-skin-model combine "${members[@]}" --out "$out/ensemble"
-# The student: same recipe, seed 0, soft labels from the ensemble; then the trust layer and the test figures.
-skin-model train "${common[@]}" --seed 0 --teacher "$out/ensemble" --distil-weight 0.5 --heatmap-photos 200 \
+teacher=${members[0]}
+if [ "${#members[@]}" -gt 1 ]; then
+  skin-model combine "${members[@]}" --out "$out/ensemble"
+  teacher=$out/ensemble
+fi
+# The student: same recipe, seed 0, soft labels from the teacher; then the trust layer and the test figures.
+skin-model train "${common[@]}" --seed 0 --teacher "$teacher" --distil-weight 0.5 --heatmap-photos 200 \
   --out "$out/student" "${extra[@]}"
 
 mkdir -p "$out/parts"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -15,9 +16,15 @@ def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, run
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    if args.resume:
+        changed = [f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(TrainConfig(), f.name)]
+        if changed:
+            raise ValueError("--resume continues with the run's saved options; drop "
+                             + ", ".join("--" + name.replace("_", "-") for name in changed))
     card = run(cfg, resume=args.resume)
     if "metrics" not in card:
-        print(f"wrote uncalibrated weights to {cfg.out}; next: skin-model calibrate --weights {cfg.out} --data DIR")
+        print(f"wrote uncalibrated weights to {cfg.out}; next: skin-model calibrate --weights {cfg.out} --data DIR "
+              f"(split seed {cfg.split}, read from the card)")
         return 0
     print(json.dumps({k: card["metrics"]["single_photo"]["full"][k]
                       for k in ("accuracy", "balanced_accuracy", "macro_auc", "ece")}, indent=2))
@@ -47,6 +54,18 @@ def _ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def split_seed_of(card: dict, asked: int | None) -> int:
+    """The split the weights were trained on, from their card: calibrating or measuring them on
+    another split would score photos they were trained on. `asked` must agree when given."""
+    described = (card.get("data") or {}).get("split") or ""
+    match = re.search(r"seed (\d+)$", described)
+    trained = int(match.group(1)) if match else None
+    if asked is not None and trained is not None and asked != trained:
+        raise ValueError(f"these weights were trained on split seed {trained}; --seed {asked} would fit and measure "
+                         "them on photos they were trained on")
+    return asked if asked is not None else trained if trained is not None else 0
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from . import checkpoint
     from .data import load_ham10000
@@ -54,9 +73,10 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .train import finish
 
     model, card = checkpoint.load(args.weights, strict=False)
+    seed = split_seed_of(card, args.seed)
     device = select_device(args.device)
     out = Path(args.out or args.weights or checkpoint.DEFAULT_WEIGHTS_DIR)
-    card = finish(model.to(device), load_ham10000(args.data), card.get("training", {}), out, device, seed=args.seed,
+    card = finish(model.to(device), load_ham10000(args.data), card.get("training", {}), out, device, seed=seed,
                   members=card.get("members"))
     print(json.dumps({k: card["metrics"]["single_photo"]["full"][k]
                       for k in ("accuracy", "balanced_accuracy", "macro_auc", "ece")}, indent=2))
@@ -240,9 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, f.name)
         # Optional fields (default None) take their type from the annotation, e.g. "float | None".
         kind = type(default) if default is not None else {"int | None": int, "float | None": float}.get(str(f.type), str)
+        extra = {"nargs": "?", "const": True} if kind is bool else {}  # a bare --cpu-bf16 means true
         kind = _flag if kind is bool else kind
         for p in (train, ab):
-            p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default)
+            p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=default, **extra)
     train.add_argument("--resume", metavar="DIR", help="continue the interrupted run whose --out was DIR, from its "
                        "last finished epoch (its saved options are used)")
     train.set_defaults(func=_train)
@@ -269,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--weights", help="folder with weights and model card (default: shipped)")
     ca.add_argument("--out", help="where to write (default: the same folder)")
     ca.add_argument("--data", help="HAM10000 folder (default: $HAM10000_DIR)")
-    ca.add_argument("--seed", type=int, default=0)
+    ca.add_argument("--seed", type=int, help="split seed (default: the one in the weights' card)")
     ca.add_argument("--device")
     ca.set_defaults(func=_calibrate)
 

@@ -213,7 +213,8 @@ def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def save_resume(path: Path, state: dict[str, Any]) -> None:
@@ -296,6 +297,10 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
     history: list[dict[str, Any]] = []
     seen, spent, first_epoch = 0, 0.0, 0
     if resume is not None:
+        saved_on = resume.get("device_type", device.type)
+        if saved_on != device.type:
+            raise ValueError(f"this run was saved on {saved_on} and cannot continue exactly on {device.type}: resume it "
+                             f"with SKIN_MODEL_DEVICE={saved_on}, or start a new run from its weights with --init")
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         if ema is not None:
@@ -342,7 +347,7 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
                 "epoch": epoch + 1, "done": schedule.done, "config": asdict(cfg), "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "schedule": schedule.state_dict(), "rng": _rng_state(gen), "best": best, "history": history,
-                "seen": seen, "seconds": time.time() - start, "provenance": provenance})
+                "seen": seen, "seconds": time.time() - start, "provenance": provenance, "device_type": device.type})
     model.load_state_dict(best["state"])
     model.requires_grad_(True)
     elapsed = time.time() - start
@@ -427,12 +432,15 @@ def split_description(seed: int) -> str:
     return f"lesion-grouped, stratified by dx, 70/15/15, seed {seed}"
 
 
-def teacher_probabilities(teacher: str | Path, photos: torch.Tensor, split: int,
+def teacher_probabilities(teacher: str | Path, photos: torch.Tensor, split: int, fingerprint: str,
                           device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
     """A trained model's (often an ensemble's) probabilities for every training photo, computed
     once on the inference view: the soft labels a single student learns from. The teacher must
     have been trained on the same split, or the student would learn from test photos' neighbours."""
     model, card = checkpoint.load(teacher, strict=False)
+    if (card.get("data") or {}).get("metadata_md5") != fingerprint:
+        raise ValueError(f"the teacher {teacher} was trained on another copy of the data (metadata md5 "
+                         f"{(card.get('data') or {}).get('metadata_md5')}, here {fingerprint})")
     if (card.get("data") or {}).get("split") != split_description(split):
         raise ValueError(f"the teacher {teacher} was trained on another split "
                          f"({(card.get('data') or {}).get('split')}) than this run ({split_description(split)})")
@@ -463,7 +471,7 @@ def run(cfg: TrainConfig, resume: str | Path | None = None) -> dict[str, Any]:
     train_t, val_t = training_tables(ham.table, cfg.split, cfg.limit)
     labels, val_labels = train_t.label.to_numpy(), val_t.label.to_numpy()
     photos, val_photos = preload(list(train_t.path), cfg.image_size), preload(list(val_t.path), cfg.image_size)
-    soft, teacher = teacher_probabilities(cfg.teacher, photos, cfg.split, device) if cfg.teacher else (None, None)
+    soft, teacher = teacher_probabilities(cfg.teacher, photos, cfg.split, ham.fingerprint, device) if cfg.teacher else (None, None)
 
     model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=saved is None and not cfg.init)
     if saved is not None:

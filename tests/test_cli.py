@@ -190,3 +190,20 @@ def test_module_entry_point_has_no_traceback(files: dict[str, str], tiny_weights
     assert set(result) == {"classes", "images", "sequence"}
     assert [item["file"] for item in result["images"]] == [files["good"]]
     _check_entry(result["images"][0])
+
+
+def test_calibrate_takes_the_split_from_the_card() -> None:
+    """Refitting weights on another split than they were trained on would score their training photos."""
+    from skin_model.cli import split_seed_of
+
+    card = {"data": {"split": "lesion-grouped, stratified by dx, 70/15/15, seed 3"}}
+    assert split_seed_of(card, None) == 3 and split_seed_of(card, 3) == 3
+    with pytest.raises(ValueError, match="split seed 3"):
+        split_seed_of(card, 0)
+    assert split_seed_of({}, None) == 0 and split_seed_of({}, 5) == 5
+
+
+def test_resume_refuses_other_options(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A resumed run keeps its saved options: others given with --resume are refused, not silently dropped."""
+    assert main(["train", "--resume", str(tmp_path), "--epochs", "40", "--cpu-bf16"]) == 1
+    assert "drop --epochs, --cpu-bf16" in capsys.readouterr().err

@@ -167,12 +167,27 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_model, tmp_path: Pa
 
     torch.manual_seed(123)  # whatever the global generator holds now, the checkpoint's state is used
     resumed = copy.deepcopy(fresh)
-    resumed_result = _train_tiny(resumed, cfg, photos, labels, resume=saved)
+    resumed_result = _train_tiny(resumed, cfg, photos, labels, resume=saved,
+                                 checkpoint_to=tmp_path / "c" / RESUME_FILE)
+
+    def curve(result: dict) -> list[dict]:
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in result["history"]]
 
     assert [h["epoch"] for h in resumed_result["history"]] == [1, 2, 3]
+    for a, b in zip(curve(whole_result), curve(resumed_result)):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], abs=1e-6) for k in a)
     assert resumed_result["best_epoch"] == whole_result["best_epoch"]
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    # the last epoch's full state (not only the best epoch's weights kept at the end) matches too
+    last_whole, last_resumed = load_resume(tmp_path / "a"), load_resume(tmp_path / "c")
+    assert last_whole["epoch"] == last_resumed["epoch"] == 3
+    for part in ("model", "ema"):
+        for name, a in last_whole[part].items():
+            assert torch.allclose(a.float(), last_resumed[part][name].float(), atol=1e-6), (part, name)
+    moments = [(a["exp_avg"], b["exp_avg"]) for a, b in zip(last_whole["optimizer"]["state"].values(),
+                                                            last_resumed["optimizer"]["state"].values())]
+    assert moments and all(torch.allclose(a, b, atol=1e-6) for a, b in moments)
     changed = [not torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), whole.state_dict().values())]
     assert any(changed)
 
@@ -286,3 +301,9 @@ def test_gpu_recipe_script_runs_end_to_end(tmp_path: Path, fake_ham_at) -> None:
     joined = tmp_path / "joined.safetensors"
     joined.write_bytes(b"".join(p.read_bytes() for p in parts))
     assert checkpoint.sha256(joined) == json.loads((out / "parts" / CARD_FILE).read_text())["sha256"]
+
+
+def test_resume_on_another_device_says_how(tiny_model) -> None:
+    photos = torch.zeros((4, 3, 48, 64), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="saved on cuda"):
+        _train_tiny(tiny_model, TrainConfig(epochs=1, batch_size=4), photos, np.arange(4), resume={"device_type": "cuda"})
