@@ -175,7 +175,7 @@ class Schedule:
         """Set the next learning rate; True when training should stop."""
         self.steps += 1
         p = self.progress
-        factor = p / self.warmup if p < self.warmup else 0.5 * (1 + np.cos(np.pi * (p - self.warmup) / (1 - self.warmup)))
+        factor = p / self.warmup if p < self.warmup else 0.5 * (1 + math.cos(math.pi * (p - self.warmup) / (1 - self.warmup)))
         for group in opt.param_groups:
             group["lr"] = self.lr * max(factor, 0.01)
         self.done = p >= 1.0
@@ -202,7 +202,10 @@ RESUME_FILE = "resume.pt"
 
 
 def _rng_state(gen: torch.Generator) -> dict[str, Any]:
-    return {"generator": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    """Every generator the run draws from, as tensors and plain values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"generator": gen.get_state(), "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
             "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
@@ -210,7 +213,8 @@ def _rng_state(gen: torch.Generator) -> dict[str, Any]:
 def _set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
     gen.set_state(state["generator"])
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
@@ -229,7 +233,7 @@ def load_resume(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / RESUME_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from: {path} (is this the --out folder of a run?)")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values: no pickled code
 
 
 def new_optimizer(model: SkinLesionNet, cfg: TrainConfig) -> tuple[list[nn.Module], torch.optim.Optimizer]:

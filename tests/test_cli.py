@@ -157,12 +157,17 @@ def test_train_options_mirror_the_config() -> None:
 
 def test_every_train_option_parses_to_its_annotated_type() -> None:
     parser = build_parser()
-    samples = {"int": "3", "float": "1.5", "str": "abc"}
+    samples = {"int": "3", "float": "1.5", "str": "abc", "bool": "false"}
     for f in fields(TrainConfig):
         base = str(f.type).replace(" | None", "")
         flag = "--" + f.name.replace("_", "-")
         value = getattr(parser.parse_args(["train", flag, samples[base]]), f.name)
         assert type(value).__name__ == base, (f.name, value)
+    # yes/no options: a value, or the bare flag for true
+    assert parser.parse_args(["train", "--channels-last", "no"]).channels_last is False
+    assert parser.parse_args(["train", "--cpu-bf16"]).cpu_bf16 is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--fit-trust", "maybe"])
 
 
 def test_usage_errors() -> None:
