@@ -135,6 +135,12 @@ class _Stop(Exception):
     """Stands for a run killed after its first epoch checkpoint."""
 
 
+def save_then_die(path: Path, state: dict) -> None:
+    """Writes the epoch checkpoint, then dies as a killed run would."""
+    save_resume(path, state)
+    raise _Stop
+
+
 def _train_tiny(model, cfg: TrainConfig, photos: torch.Tensor, labels: np.ndarray, **kwargs) -> dict:
     return train_encoder(model, cfg, photos, labels, photos[:6], labels[:6], torch.device("cpu"), **kwargs)
 
@@ -151,12 +157,6 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_model, tmp_path: Pa
     torch.manual_seed(1)
     whole = copy.deepcopy(fresh)
     whole_result = _train_tiny(whole, cfg, photos, labels, checkpoint_to=tmp_path / "a" / RESUME_FILE)
-
-    real_save = save_resume
-
-    def save_then_die(path: Path, state: dict) -> None:
-        real_save(path, state)
-        raise _Stop
 
     torch.manual_seed(1)
     with pytest.MonkeyPatch.context() as patch, pytest.raises(_Stop):
@@ -224,12 +224,6 @@ def test_killed_run_resumes_from_the_command_line(tmp_path: Path, tiny_weights: 
     out = tmp_path / "run"
     cfg = TrainConfig(data=str(data), out=str(out), epochs=2, limit=16, views=1, sequence_steps=3, batch_size=8,
                       device="cpu", heatmap_photos=0, init=str(tiny_weights))
-    real_save = save_resume
-
-    def save_then_die(path: Path, state: dict) -> None:
-        real_save(path, state)
-        raise _Stop
-
     with pytest.MonkeyPatch.context() as patch, pytest.raises(_Stop):
         patch.setattr("skin_model.train.save_resume", save_then_die)
         run(cfg)
