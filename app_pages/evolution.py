@@ -9,20 +9,20 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from app_pages import common
+from app_pages import views
 from skin_model import CLASS_NAMES, CLASSES
-from skin_model.lesion import changes, measure
+from skin_model.explain.lesion import changes, measure
+from skin_model.io.images import decode_uploads
 
 st.title("📈 Lesion evolution")
-common.sidebar()
+predictor = views.require_predictor()
 st.caption("Upload photos of the same lesion taken at different visits. Dates come from the photos' EXIF "
            "data when present; check and edit them below. Photos are sorted by date.")
 
-files = st.file_uploader("Photos of one lesion", type=common.UPLOAD_TYPES, accept_multiple_files=True,
-                         key="evolution_files")
-context = common.patient_context("evolution")
-photos, errors = common.decode_all(list(files or []))
-common.show_errors(errors)
+files = views.photo_uploader("Photos of one lesion", key="evolution_files")
+context = views.patient_context("evolution")
+photos, errors = decode_uploads(files)
+views.show_errors(errors)
 if len(photos) < 2:
     st.info("Upload at least two photos of the same lesion to see how it evolved.")
     st.stop()
@@ -35,13 +35,9 @@ for i, photo in enumerate(photos):
     photo.date = cols[i % len(cols)].date_input(photo.name, value=default, key=f"date_{photo.digest}_{i}")
 photos.sort(key=lambda p: (p.date, p.name))
 
-try:
-    predictor = common.get_predictor()
-except Exception as exc:  # weights missing or altered: say so instead of a traceback
-    st.error(f"The model could not be loaded: {exc}")
-    st.stop()
-prediction = predictor.predict([p.image for p in photos], sequence=True, **context)
-method, target, opacity = common.cam_controls("evolution")
+method, target, opacity = views.cam_controls("evolution", predictor.default_cam_method)
+analysis = views.analyse(predictor, photos, context, method, target, sequence=True)
+prediction = analysis.prediction
 
 st.subheader("Sequence prediction (all visits together)")
 st.caption(f"Combines {predictor.sequence_method}.")
@@ -50,27 +46,26 @@ if prediction.sequence is None:
     st.warning("None of the photos could be analysed as a dermatoscopic photo of a lesion.")
     st.stop()
 with left:
-    common.verdict(prediction.sequence, prediction)
+    views.verdict(prediction.sequence, prediction)
 with right:
-    common.chart(common.probability_chart(prediction.sequence), key="evo_sequence")
+    views.chart(views.probability_chart(prediction.sequence), key="evo_sequence")
 
 st.subheader("Visits")
 cols = st.columns(min(len(photos), 4))
-for i, (photo, probs) in enumerate(zip(photos, prediction.photos)):
-    heat = common.heatmap(photo, target, method)
+for i, (photo, probs, heat) in enumerate(zip(photos, prediction.photos, analysis.heatmaps)):
     with cols[i % len(cols)]:
         st.image(photo.image, caption=f"{photo.date:%Y-%m-%d} · {photo.name}", width="stretch")
-        st.image(heat.overlay(photo.image, opacity), caption=f"{method} for {heat.target}",
+        st.image(heat.overlay(photo.image, opacity), caption=f"{heat.method} for {heat.target}",
                  width="stretch")
-        common.verdict(probs, prediction, i)
+        views.verdict(probs, prediction, i)
 
 per_visit = pd.DataFrame([{"date": p.date, "class": CLASS_NAMES[c], "probability": probs[c]}
                           for p, probs in zip(photos, prediction.photos) for c in CLASSES])
 fig = px.line(per_visit, x="date", y="probability", color="class", markers=True,
               title="Probability of each class per visit")
 fig.update_yaxes(range=[0, 1], tickformat=".0%")
-common.chart(fig, key="evo_lines")
-common.downloads(prediction, photos, target, method, "evolution")
+views.chart(fig, key="evo_lines")
+views.downloads(analysis, photos, predictor.card, "evolution")
 
 st.subheader("Measured changes")
 st.caption("From an automatic segmentation of each photo. Area is relative to the frame, so it is comparable "

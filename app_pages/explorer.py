@@ -10,14 +10,14 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from app_pages import common
+from app_pages import views
 from skin_model import CLASS_NAMES
-from skin_model.data import DatasetError, load_ham10000
+from skin_model.data.ham10000 import DatasetError, load_ham10000
+from skin_model.io.images import decode_upload
 
 PAGE_SIZE = 12
 
 st.title("🗂️ HAM10000 explorer")
-common.sidebar()
 
 with st.sidebar:
     folder = st.text_input("HAM10000 folder", value=os.environ.get("HAM10000_DIR", ""),
@@ -26,6 +26,7 @@ with st.sidebar:
 
 @st.cache_data(show_spinner="Reading HAM10000…", max_entries=4)
 def read_table(path: str) -> pd.DataFrame:
+    """The metadata table (with each photo's path), read once per folder."""
     return load_ham10000(path).table
 
 
@@ -94,29 +95,25 @@ rows = view[view.lesion_id == lesion_id].sort_values("image_id")
 truth = rows.dx.iloc[0]
 st.caption(f"Ground truth: **{CLASS_NAMES[truth]} ({truth})**, confirmed by {rows.dx_type.iloc[0]}; "
            f"photos read in image-id order (HAM10000 has no dates).")
-photos = [common.decode(Path(p).name, Path(p).read_bytes()) for p in rows.path]
+predictor = views.require_predictor()
+photos = [decode_upload(Path(p).name, Path(p).read_bytes()) for p in rows.path]
 first = rows.iloc[0]
-try:
-    predictor = common.get_predictor()
-except Exception as exc:  # weights missing or altered: say so instead of a traceback
-    st.error(f"The model could not be loaded: {exc}")
-    st.stop()
 prediction = predictor.predict([p.image for p in photos], sequence=True)
 if prediction.sequence is None:
     st.warning("None of this lesion's photos passed the out-of-distribution check.")
     st.stop()
 left, right = st.columns([1, 2])
 with left:
-    common.verdict(prediction.sequence, prediction)
+    views.verdict(prediction.sequence, prediction)
     context = predictor.predict([p.image for p in photos], sequence=True, age=first.age,
                                 sex=first.sex, site=first.localization)
     if context.sequence is not None:
         code, p = context.top(context.sequence)
         st.caption(f"With the patient's age, sex and site: {CLASS_NAMES[code]} ({p:.0%})")
 with right:
-    common.chart(common.probability_chart(prediction.sequence, "Sequence prediction"), key="lesion_seq")
+    views.chart(views.probability_chart(prediction.sequence, "Sequence prediction"), key="lesion_seq")
 cols = st.columns(min(len(photos), 4))
 for i, (photo, probs) in enumerate(zip(photos, prediction.photos)):
     with cols[i % len(cols)]:
         st.image(photo.image, caption=photo.name, width="stretch")
-        common.verdict(probs, prediction, i)
+        views.verdict(probs, prediction, i)

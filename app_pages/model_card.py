@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from app_pages import common
+from app_pages import views
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT
+from skin_model.constants import DISCLAIMER
+from skin_model.evaluation.summary import interval_notes, performance_rows
 
 st.title("📄 Model card & about")
-st.error(f"**{common.DISCLAIMER}**", icon="⚠️")
-common.sidebar()
-
-try:
-    predictor = common.get_predictor()
-    card = predictor.card
-except Exception as exc:
-    st.error(f"The model could not be loaded: {exc}")
-    st.stop()
+st.error(f"**{DISCLAIMER}**", icon="⚠️")
+predictor = views.require_predictor()
+card = predictor.card
 
 st.markdown(f"""
-**What it is.** {card.get('architecture', 'CNN-LSTM')}. It gives probabilities for the seven HAM10000
+**What it is.** {card.architecture or 'CNN-LSTM'}. It gives probabilities for the seven HAM10000
 diagnoses: {", ".join(f"{CLASS_NAMES[c]} ({c})" for c in CLASSES)}. Malignant classes:
 {", ".join(sorted(MALIGNANT))}. For several photos of one lesion, the sequence prediction is
 {predictor.sequence_method} (chosen on validation lesions with two or more photos).
@@ -36,45 +34,14 @@ lit, blurred or of other skin types are out of distribution and the probabilitie
 confident. Heatmaps show what influenced the score, not where the pathology is.
 """)
 
-metrics = card.get("metrics") or {}
+metrics = card.metrics
 single = metrics.get("single_photo") or {}
 if single:
     st.subheader("Measured performance (held-out, lesion-grouped test split)")
-    rows = []
-    names = {"full": "single photo, full frame", "centre_crop": "single photo, centre square crop",
-             "zoom_0.6": "single photo, zoomed (60% centre crop)"}
-    for key, name in names.items():
-        if key in single:
-            rows.append({"evaluation": name, **{k: single[key][k] for k in
-                                                ("n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")}})
-    for key, name in names.items():
-        r = (metrics.get("with_patient_context") or {}).get(key)
-        if r:
-            rows.append({"evaluation": name + " + patient context", **{k: r[k] for k in
-                                                                        ("n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")}})
-    multi = metrics.get("multi_photo_lesions") or {}
-    for key, name in (("single_photo", "lesions with 2+ photos: each photo"),
-                      ("mean_of_photos", "lesions with 2+ photos: mean of photos"),
-                      ("sequence", "lesions with 2+ photos: sequence head")):
-        if multi.get(key):
-            r = multi[key]
-            rows.append({"evaluation": name, **{k: r[k] for k in
-                                                ("n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")}})
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+    st.dataframe(pd.DataFrame(performance_rows(metrics)), hide_index=True, width="stretch",
                  column_config={k: st.column_config.NumberColumn(format="%.3f") for k in
                                 ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")})
-
-    intervals = metrics.get("intervals") or {}
-    notes = []
-    if "single_photo_full" in intervals:
-        ci = intervals["single_photo_full"]["full"]
-        notes.append("single photo, full frame: balanced accuracy {:.3f} to {:.3f}, accuracy {:.3f} to {:.3f}".format(
-            *ci["balanced_accuracy"], *ci["accuracy"])
-            + (", melanoma recall {:.3f} to {:.3f}".format(*ci["melanoma_recall"]) if "melanoma_recall" in ci else ""))
-    if "multi_photo_lesions" in intervals:
-        seq = intervals["multi_photo_lesions"]["sequence"]
-        notes.append("sequence head minus mean of photos (balanced accuracy): {:+.3f} to {:+.3f}".format(
-            *seq["balanced_accuracy_minus_mean_of_photos"]))
+    notes = interval_notes(metrics)
     if notes:
         st.caption("95% intervals, resampling whole lesions: " + "; ".join(notes) + ". An interval that spans zero "
                    "means the difference is not established on this test split.")
@@ -91,27 +58,30 @@ if single:
     if metrics.get("reliability"):
         st.subheader("Calibration")
         rel = pd.DataFrame(metrics["reliability"])
-        fig = px.scatter(rel, x="confidence", y="accuracy", size="count", title="Reliability diagram (test, single photo)")
+        fig = px.scatter(rel, x="confidence", y="accuracy", size="count",
+                         title="Reliability diagram (test, single photo)")
         fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line=dict(dash="dash", color="grey"))
         fig.update_layout(xaxis=dict(range=[0, 1], title="mean confidence in bin"),
                           yaxis=dict(range=[0, 1], title="accuracy in bin"))
         c1, c2 = st.columns(2)
         c1.plotly_chart(fig, key="reliability")
-        photo_cal = (card.get("training") or {}).get("calibration", {}).get("photo", {})
+        photo_cal = (card.training.get("calibration") or {}).get("photo") or {}
         if photo_cal.get("confidence_map"):
             c1.caption(f"Probabilities are the logits divided by a temperature ({photo_cal['temperature']:.2f}) with a "
                        "prior correction, then the top class's probability is mapped to the accuracy seen at that "
                        "confidence on validation photos (isotonic; decisions unchanged).")
         abst = metrics.get("abstention")
         if abst:
-            rc = pd.DataFrame(abst["risk_coverage"]).melt(id_vars=["coverage"], value_vars=["balanced_accuracy", "accuracy"])
+            rc = pd.DataFrame(abst["risk_coverage"]).melt(id_vars=["coverage"],
+                                                          value_vars=["balanced_accuracy", "accuracy"])
             fig = px.line(rc, x="coverage", y="value", color="variable", markers=True,
                           title="Risk-coverage: accuracy on the photos answered")
             fig.add_vline(x=abst["coverage"], line_dash="dot", annotation_text="chosen threshold")
             c2.plotly_chart(fig, key="risk_coverage")
             st.caption(f"Below a confidence of {abst['threshold']:.2f} (chosen on validation) the app answers "
                        f"**inconclusive**. On test it answers {abst['coverage']:.0%} of photos, with balanced accuracy "
-                       f"{abst['balanced_accuracy_answered']:.3f} and accuracy {abst['accuracy_answered']:.3f} on those.")
+                       f"{abst['balanced_accuracy_answered']:.3f} and accuracy {abst['accuracy_answered']:.3f} "
+                       "on those.")
     ood = metrics.get("ood")
     if ood:
         st.subheader("Out-of-distribution rejection")
@@ -125,9 +95,10 @@ if single:
     heat = metrics.get("heatmaps")
     if heat and heat.get("n"):
         st.subheader("Do the heatmaps point at the lesion?")
-        rows = [{"method": k, **v} for k, v in heat.items() if isinstance(v, dict)]
+        rows = [{"method": k, **v} for k, v in card.heatmap_scores().items()]
         st.dataframe(pd.DataFrame(rows), hide_index=True,
-                     column_config={"pointing_game": st.column_config.NumberColumn("peak inside lesion", format="percent"),
+                     column_config={"pointing_game": st.column_config.NumberColumn("peak inside lesion",
+                                                                                   format="percent"),
                                     "energy_inside_mask": st.column_config.NumberColumn("heat inside lesion",
                                                                                         format="percent")})
         st.caption(f"{heat['n']} test photos with the published lesion masks; the lesion covers "
@@ -135,11 +106,10 @@ if single:
                    "game). The app's default method is the class-specific one with the highest pointing-game score; "
                    "EigenCAM shows the photo's dominant pattern whatever the class and is offered as an alternative.")
 
-training = card.get("training") or {}
 with st.expander("Training run and data"):
-    st.json({"training": {k: training.get(k) for k in ("hardware", "device", "seconds", "trust_device", "finished", "config")},
-             "data": card.get("data"), "sha256": card.get("sha256"), "size_bytes": card.get("size_bytes")},
-            expanded=False)
+    st.json({"training": {k: card.training.get(k) for k in ("hardware", "device", "seconds", "trust_device", "finished",
+                                                             "config")},
+             "data": asdict(card.data), "sha256": card.sha256, "size_bytes": card.size_bytes}, expanded=False)
 
 st.subheader("Dataset")
 st.markdown("""

@@ -47,7 +47,7 @@ def main() -> None:
         predictor.predict_each(photos, batch_size=batch)
         torch.cuda.synchronize()
         rates[batch] = args.photos / (time.perf_counter() - start)
-    training = predictor.card.get("training", {})
+    training = predictor.card.training
     results = {
         "device": torch.cuda.get_device_name(0), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
         "photos_per_second": {str(k): round(v, 1) for k, v in rates.items()},

@@ -25,8 +25,9 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from skin_model.constants import CLASSES
-from skin_model.model import SkinLesionNet
-from skin_model.train import TrainConfig, features_of, new_optimizer, train_sequence, train_step
+from skin_model.model.network import SkinLesionNet
+from skin_model.training.config import TrainConfig
+from skin_model.training.stages import features_of, new_optimizer, train_sequence, train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

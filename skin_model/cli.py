@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .constants import CLASS_NAMES, CLASSES
+from skin_model.constants import CLASS_NAMES, CLASSES
+
+if TYPE_CHECKING:
+    from skin_model.model.card import ModelCard
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, run
+    from skin_model.metrics import HEADLINE_METRICS
+    from skin_model.training.train import TrainConfig, run
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     if args.resume:
@@ -22,12 +26,11 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError("--resume continues with the run's saved options; drop "
                              + ", ".join("--" + name.replace("_", "-") for name in changed))
     card = run(cfg, resume=args.resume)
-    if "metrics" not in card:
+    if not card.metrics:
         print(f"wrote uncalibrated weights to {cfg.out}; next: skin-model calibrate --weights {cfg.out} --data DIR "
               f"(split seed {cfg.split}, read from the card)")
         return 0
-    print(json.dumps({k: card["metrics"]["single_photo"]["full"][k]
-                      for k in ("accuracy", "balanced_accuracy", "macro_auc", "ece")}, indent=2))
+    print(json.dumps({k: card.metrics["single_photo"]["full"][k] for k in HEADLINE_METRICS}, indent=2))
     return 0
 
 
@@ -42,8 +45,8 @@ def _flag(text: str) -> bool:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from .ablate import format_table, run
-    from .train import TrainConfig
+    from skin_model.training.ablate import format_table, run
+    from skin_model.training.config import TrainConfig
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     result = run(cfg, out=args.json_out, budget_min=args.budget_min)
@@ -54,12 +57,10 @@ def _ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def split_seed_of(card: dict, asked: int | None) -> int:
+def split_seed_of(card: ModelCard, asked: int | None) -> int:
     """The split the weights were trained on, from their card: calibrating or measuring them on
     another split would score photos they were trained on. `asked` must agree when given."""
-    described = (card.get("data") or {}).get("split") or ""
-    match = re.search(r"seed (\d+)$", described)
-    trained = int(match.group(1)) if match else None
+    trained = card.data.split_seed
     if asked is not None and trained is not None and asked != trained:
         raise ValueError(f"these weights were trained on split seed {trained}; --seed {asked} would fit and measure "
                          "them on photos they were trained on")
@@ -67,56 +68,53 @@ def split_seed_of(card: dict, asked: int | None) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from . import checkpoint
-    from .data import load_ham10000
-    from .devices import select_device
-    from .train import finish
+    from skin_model.data.ham10000 import load_ham10000
+    from skin_model.devices import select_device
+    from skin_model.metrics import HEADLINE_METRICS
+    from skin_model.model import checkpoint
+    from skin_model.training.train import finish
 
     model, card = checkpoint.load(args.weights, strict=False)
     seed = split_seed_of(card, args.seed)
     device = select_device(args.device)
-    out = Path(args.out or args.weights or checkpoint.DEFAULT_WEIGHTS_DIR)
-    card = finish(model.to(device), load_ham10000(args.data), card.get("training", {}), out, device, seed=seed,
-                  members=card.get("members"))
-    print(json.dumps({k: card["metrics"]["single_photo"]["full"][k]
-                      for k in ("accuracy", "balanced_accuracy", "macro_auc", "ece")}, indent=2))
+    out = Path(args.out or args.weights or checkpoint.default_weights_dir())
+    card = finish(model.to(device), load_ham10000(args.data), card.training, out, device, seed=seed,
+                  members=card.members)
+    print(json.dumps({k: card.metrics["single_photo"]["full"][k] for k in HEADLINE_METRICS}, indent=2))
     return 0
 
 
 def _combine(args: argparse.Namespace) -> int:
-    from .ensemble import combine
+    from skin_model.model.ensemble import combine
 
     _, card = combine(args.main, args.others, args.out)
-    print(f"wrote {card['name']} to {args.out}; next: skin-model calibrate --weights {args.out} --data DIR")
+    print(f"wrote {card.name} to {args.out}; next: skin-model calibrate --weights {args.out} --data DIR")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .data import load_ham10000
-    from .evaluate import evaluate_heatmaps, evaluate_ood, evaluate_split, format_table, to_json
-    from .predict import load_predictor
+    from skin_model.data.ham10000 import load_ham10000
+    from skin_model.evaluation.evaluate import evaluate_heatmaps, evaluate_ood, evaluate_split, format_table, to_json
+    from skin_model.predict import load_predictor
 
     predictor = load_predictor(args.weights, args.device)
     ham = load_ham10000(args.data)
-    report = evaluate_split(predictor.model, ham, args.split, predictor.device, seed=args.seed, limit=args.limit,
-                            card=predictor.card)
+    report = evaluate_split(predictor.model, ham, args.split, seed=args.seed, limit=args.limit, card=predictor.card)
     if args.ood:
-        report["ood"] = evaluate_ood(predictor.model, predictor.card, ham, args.split, predictor.device,
-                                     seed=args.seed, limit=args.limit)
+        report["ood"] = evaluate_ood(predictor.model, predictor.card, ham, args.split, seed=args.seed, limit=args.limit)
     if args.heatmaps:
-        report["heatmaps"] = evaluate_heatmaps(predictor, ham, args.split, seed=args.seed, limit=args.heatmaps)
+        report["heatmaps"] = evaluate_heatmaps(predictor.model, ham, args.split, seed=args.seed, limit=args.heatmaps)
     if args.output:
         Path(args.output).write_text(to_json(report))
     print(to_json(report) if args.json else format_table(report))
     return 0
 
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif",
-                            ".dcm", ".dicom"})
-
-
 def _expand(paths: list[str]) -> tuple[list[str], list[str]]:
-    """Files as given; a folder becomes its images (by suffix, sorted by name). Returns (files, errors)."""
+    """Files as given; a folder becomes its images (by suffix, the app's accepted uploads; sorted by name).
+    Returns (files, errors)."""
+    from skin_model.io.images import ACCEPTED_SUFFIXES
+
     files, errors = [], []
     for path in paths:
         folder = Path(path)
@@ -124,16 +122,16 @@ def _expand(paths: list[str]) -> tuple[list[str], list[str]]:
             files.append(path)
             continue
         found = sorted(str(p) for p in folder.iterdir()
-                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in ACCEPTED_SUFFIXES)
         if not found:
-            errors.append(f"{path}: the folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            errors.append(f"{path}: the folder holds no images ({', '.join(sorted(ACCEPTED_SUFFIXES))})")
         files += found
     return files, errors
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .images import ImageError, load_image
-    from .predict import load_predictor
+    from skin_model.io.images import ImageError, load_image
+    from skin_model.predict import load_predictor
 
     paths, errors = _expand(args.images)
     for message in errors:
@@ -159,7 +157,7 @@ def _predict(args: argparse.Namespace) -> int:
             pred = predictor.predict_each(photos, **context)
         result["images"] = [{**_entry(n, p), "status": pred.status(i), "message": pred.rejected(i)}
                             for i, (n, p) in enumerate(zip(names, pred.photos))]
-        _write_exports(args, predictor, pred, photos, names)
+        _write_exports(args, predictor, pred, photos, names, context)
     elif args.pdf or args.fhir or args.csv:
         print("skin-model: error: no photo could be read, so no report was written", file=sys.stderr)
     if args.json:
@@ -172,10 +170,11 @@ def _predict(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def _write_exports(args: argparse.Namespace, predictor, pred, photos: list, names: list[str]) -> None:
-    """--csv, --pdf and --fhir files (the PDF, when made, is also attached to the FHIR report)."""
-    from .images import photo_date
-    from .report import photo_status
+def _write_exports(args: argparse.Namespace, predictor, pred, photos: list, names: list[str], context: dict) -> None:
+    """--csv, --pdf and --fhir files (the PDF, when made, is also attached to the FHIR report). The PDF's
+    heatmaps explain the class each photo is shown with, given the same patient context."""
+    from skin_model.interop.common import photo_status
+    from skin_model.io.images import photo_date
 
     statuses = [photo_status(pred, i) for i in range(len(photos))]
     if args.csv:
@@ -196,21 +195,20 @@ def _write_exports(args: argparse.Namespace, predictor, pred, photos: list, name
     labels = [Path(n).name for n in names]  # reports name the files, not the folders they came from
     pdf = None
     if args.pdf:
-        from .explain import Explainer
-        from .report import pdf_report
+        from skin_model.interop.pdf import pdf_report
 
-        explainer = Explainer(predictor)
         keep = [i for i, s in enumerate(statuses) if s != "out_of_distribution"]
         overlays: list = [None] * len(photos)
         for start in range(0, len(keep), 16):
             chunk = keep[start:start + 16]
-            for i, heatmap in zip(chunk, explainer.heatmaps([photos[i] for i in chunk])):
+            heatmaps = predictor.analyse([photos[i] for i in chunk], sequence=False, **context).heatmaps
+            for i, heatmap in zip(chunk, heatmaps):
                 overlays[i] = heatmap.overlay(photos[i])
         pdf = pdf_report(pred, photos, labels, predictor.card, heatmaps=overlays, dates=dates)
         Path(args.pdf).write_bytes(pdf)
         print(f"skin-model: wrote {args.pdf}", file=sys.stderr)
     if args.fhir:
-        from .fhir import diagnostic_report, to_json
+        from skin_model.interop.fhir import diagnostic_report, to_json
 
         bundle = diagnostic_report(pred, photos, labels, predictor.card, dates=dates, pdf=pdf)
         Path(args.fhir).write_text(to_json(bundle), encoding="utf-8")
@@ -218,8 +216,8 @@ def _write_exports(args: argparse.Namespace, predictor, pred, photos: list, name
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from .data import load_ham10000
-    from .fetch import fetch_ham10000
+    from skin_model.data.fetch import fetch_ham10000
+    from skin_model.data.ham10000 import load_ham10000
 
     dest = fetch_ham10000(args.dest, base_url=args.base_url, masks=args.masks, keep_archives=args.keep_archives,
                           progress=not args.quiet)
@@ -230,7 +228,7 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _entry(name: str | None, probs: dict[str, float]) -> dict:
-    from .predict import Prediction
+    from skin_model.predict import Prediction
 
     top, _ = Prediction.top(probs)
     out = {"probabilities": probs, "prediction": top}
@@ -247,7 +245,7 @@ def _line(name: str, item: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train import TrainConfig
+    from skin_model.training.config import TrainConfig
 
     parser = argparse.ArgumentParser(prog="skin-model", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -315,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--fhir", metavar="FILE", help="also write a FHIR R4 (R4B) Bundle with a DiagnosticReport, as JSON")
     pr.set_defaults(func=_predict)
 
-    from .fetch import DATAVERSE_URL
+    from skin_model.data.fetch import DATAVERSE_URL
 
     fe = sub.add_parser("fetch-ham10000", help="download HAM10000 from Harvard Dataverse (doi:10.7910/DVN/DBW86T)")
     fe.add_argument("dest", help="folder to fill (then use it as --data or $HAM10000_DIR)")

@@ -7,6 +7,8 @@ disagree about classes, normalisation or input size.
 
 from __future__ import annotations
 
+VERSION: str = "0.1.0"  # the package version (pyproject.toml holds the same)
+
 CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 CLASS_NAMES: dict[str, str] = {
     "akiec": "Actinic keratosis / intraepithelial carcinoma",
@@ -30,6 +32,7 @@ MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 IMAGE_SIZE: int = 160  # the training default; a model card may name another
 BACKBONE: str = "efficientnet-lite0"
+BACKBONES: tuple[str, ...] = tuple(f"efficientnet-lite{i}" for i in range(5))  # see model/backbones.py
 MAX_SEQUENCE: int = 8
 
 # Patient context (HAM10000 metadata columns); every field is optional.
@@ -44,5 +47,6 @@ META_DIM: int = 2 + len(SEXES) + len(SITES)
 MAX_PIXELS: int = 60_000_000
 MIN_SIDE: int = 16
 
+METADATA_FILE: str = "HAM10000_metadata.csv"  # the dataset's own name for its table
 WEIGHTS_FILE: str = "skin_model.safetensors"
 CARD_FILE: str = "model_card.json"

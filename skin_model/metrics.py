@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .constants import CLASSES
+from skin_model.constants import CLASSES
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, n: int = len(CLASSES)) -> np.ndarray:
@@ -84,6 +84,9 @@ def classification_report(probs: np.ndarray, labels: np.ndarray) -> dict[str, An
 
 
 INTERVAL_METRICS = ("balanced_accuracy", "accuracy", "melanoma_recall")
+# The columns of every performance table (CLI, model card page, README) and the headline figures.
+TABLE_METRICS = ("n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")
+HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_auc", "ece")
 _MEL = CLASSES.index("mel")
 
 

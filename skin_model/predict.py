@@ -3,33 +3,47 @@
     >>> predictor = load_predictor()
     >>> result = predictor.predict([photo_2019, photo_2021])
     >>> result.photos[0]["mel"], result.sequence["mel"]
+    >>> analysis = predictor.analyse([photo], method="Grad-CAM")   # + heatmaps, one forward
+
+Every probability comes from `engine.shown_probabilities`; `predict` and `analyse` build
+their `Prediction` with the same function, from one forward per photo.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from . import checkpoint, ood
-from .constants import CLASSES, MAX_SEQUENCE
-from .data import encode_metadata
-from .devices import describe, select_device
-from .images import ImageSource, load_image
-from .model import SkinLesionNet
-from .presets import to_batch
+from skin_model import engine
+from skin_model.constants import CLASSES
+from skin_model.data.transforms import encode_metadata
+from skin_model.devices import describe, select_device
+from skin_model.io.images import ImageSource, load_image
+from skin_model.model import checkpoint
+from skin_model.model.card import ModelCard
+from skin_model.model.network import SkinLesionNet
+from skin_model.trust import ood
+
+if TYPE_CHECKING:  # Grad-CAM (with torchvision and OpenCV) loads only once a heatmap is asked for
+    from skin_model.explain.cam import Explainer, Heatmap
 
 DEFAULT_INCONCLUSIVE_BELOW = 0.5
 
 
 @dataclass
 class Prediction:
-    """Per-photo probabilities (time order) and, for two or more photos, the sequence's."""
+    """Per-photo probabilities (time order) and, for two or more photos, the sequence's.
+
+    `sequence_photos` are the indices of the photos the sequence read (the last
+    `max_sequence` that passed the out-of-distribution check)."""
 
     photos: list[dict[str, float]]
     sequence: dict[str, float] | None
@@ -37,6 +51,7 @@ class Prediction:
     ood: list[ood.OODVerdict | None] = field(default_factory=list)
     classes: tuple[str, ...] = field(default=CLASSES)
     sequence_method: str | None = None  # how the sequence combined the photos, in words (reports quote it)
+    sequence_photos: list[int] = field(default_factory=list)
 
     @staticmethod
     def top(probs: dict[str, float]) -> tuple[str, float]:
@@ -60,8 +75,16 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         return {"classes": list(self.classes), "photos": self.photos, "sequence": self.sequence,
-                "inconclusive_below": self.inconclusive_below,
+                "sequence_photos": self.sequence_photos, "inconclusive_below": self.inconclusive_below,
                 "status": [self.status(i) for i in range(len(self.photos))]}
+
+
+@dataclass
+class Analysis:
+    """What one analysis shows: the prediction and, for each photo, its heatmap."""
+
+    prediction: Prediction
+    heatmaps: list[Heatmap]
 
 
 def _probs(probs: torch.Tensor) -> list[dict[str, float]]:
@@ -72,14 +95,33 @@ def _probs(probs: torch.Tensor) -> list[dict[str, float]]:
 class Predictor:
     """A loaded model on its device; thread-safe for prediction (no shared state is written)."""
 
-    def __init__(self, model: SkinLesionNet, card: dict[str, Any], device: torch.device) -> None:
+    def __init__(self, model: SkinLesionNet, card: ModelCard, device: torch.device) -> None:
         self.model = model.to(device).eval()
         self.card = card
         self.device = device
+        self._explainer: Explainer | None = None
+        self._explainer_lock = threading.Lock()
 
-    @property
+    @functools.cached_property
     def device_name(self) -> str:
         return describe(self.device)
+
+    @property
+    def explainer(self) -> Explainer:
+        """The Grad-CAM explainer over this model, made on first use."""
+        from skin_model.explain.cam import Explainer
+
+        with self._explainer_lock:
+            if self._explainer is None:
+                self._explainer = Explainer(self.model)
+            return self._explainer
+
+    @functools.cached_property
+    def default_cam_method(self) -> str:
+        """The heatmap method the card's figures recommend (fixed for the weights: computed once)."""
+        from skin_model.explain.cam import default_method
+
+        return default_method(self.card)
 
     @property
     def sequence_method(self) -> str:
@@ -91,7 +133,7 @@ class Predictor:
 
     @property
     def inconclusive_below(self) -> float:
-        return float(self.card.get("inconclusive_below", DEFAULT_INCONCLUSIVE_BELOW))
+        return self.card.trust.inconclusive_below
 
     def _meta(self, n: int, age: float | None, sex: str | None, site: str | None) -> torch.Tensor | None:
         if age is None and not sex and not site:
@@ -99,7 +141,26 @@ class Predictor:
         vec = encode_metadata(age, sex, site)
         return torch.as_tensor(np.repeat(vec[None], n, axis=0), device=self.device)
 
+    @staticmethod
+    def _decoded(images: Sequence[ImageSource]) -> list[Image.Image]:
+        if not images:
+            raise ValueError("no photos given")
+        return [img if isinstance(img, Image.Image) and img.mode == "RGB" else load_image(img) for img in images]
+
     @torch.no_grad()
+    def _prediction(self, photos: list[Image.Image], encoded: engine.Encoded, sequence: bool | None) -> Prediction:
+        """The one place a Prediction is assembled from a forward's features and raw logits."""
+        shown = _probs(engine.shown_probabilities(self.model, encoded.logits, "photo"))
+        verdicts = self.check(photos, encoded.features)
+        accepted = [i for i, v in enumerate(verdicts) if v is None or not v.rejected][-self.card.max_sequence:]
+        seq = None
+        if accepted and (sequence or (sequence is None and len(photos) > 1)):
+            raw = engine.sequence_logits(self.model, encoded.features, encoded.logits, [accepted])
+            seq = _probs(engine.shown_probabilities(self.model, raw, "sequence"))[0]
+        return Prediction(photos=shown, sequence=seq, inconclusive_below=self.inconclusive_below, ood=verdicts,
+                          sequence_method=self.sequence_method if seq is not None else None,
+                          sequence_photos=accepted if seq is not None else [])
+
     def predict(self, images: Sequence[ImageSource], age: float | None = None, sex: str | None = None,
                 site: str | None = None, sequence: bool | None = None) -> Prediction:
         """Score photos given in time order.
@@ -108,30 +169,23 @@ class Predictor:
         two or more photos (or `sequence=True`) the last MAX_SEQUENCE photos that
         passed the check are also read as one lesion.
         """
-        if not images:
-            raise ValueError("no photos given")
-        pil = [img if isinstance(img, Image.Image) and img.mode == "RGB" else load_image(img) for img in images]
-        x = to_batch(pil, self.model.image_size).to(self.device)
-        meta = self._meta(len(pil), age, sex, site)
-        feats = self.model.features(x)
-        raw = self.model.photo_logits(feats, meta)
-        photos = _probs(self.model.photo_probabilities(self.model.calibrated(raw, "photo")))
-        verdicts = self.check(pil, feats)
-        accepted = [i for i, v in enumerate(verdicts) if v is None or not v.rejected][-MAX_SEQUENCE:]
-        seq = None
-        if accepted and (sequence or (sequence is None and len(pil) > 1)):
-            f, r = feats[accepted], raw[accepted]
-            seq = _probs(self.model.calibrated(self.model.sequence_logits(f[None], r[None]), "sequence").softmax(-1))[0]
-        return Prediction(photos=photos, sequence=seq, inconclusive_below=self.inconclusive_below, ood=verdicts,
-                          sequence_method=self.sequence_method if seq is not None else None)
+        photos = self._decoded(images)
+        encoded = engine.encode(self.model, photos, self._meta(len(photos), age, sex, site))
+        return self._prediction(photos, encoded, sequence)
+
+    def analyse(self, images: Sequence[ImageSource], age: float | None = None, sex: str | None = None,
+                site: str | None = None, sequence: bool | None = None, method: str | None = None,
+                target: str | None = None) -> Analysis:
+        """`predict` plus a heatmap per photo from the same forward: for `target`, or for the class
+        the user is shown for that photo (with the same patient context)."""
+        photos = self._decoded(images)
+        explained = self.explainer.explain(photos, self._meta(len(photos), age, sex, site), [target] * len(photos),
+                                           method or self.default_cam_method)
+        return Analysis(self._prediction(photos, explained.encoded, sequence), explained.heatmaps)
 
     def check(self, photos: list[Image.Image], feats: torch.Tensor) -> list[ood.OODVerdict | None]:
         """The out-of-distribution verdict of each photo (None when the weights carry no OOD fit)."""
-        thresholds = self.card.get("ood")
-        if not thresholds:
-            return [None] * len(photos)
-        dist = ood.mahalanobis(feats, self.model.ood_means, self.model.ood_precision).cpu().tolist()
-        return [ood.verdict(ood.quality(p), d, thresholds) for p, d in zip(photos, dist)]
+        return ood.check(photos, feats, self.model.ood_means, self.model.ood_precision, self.card.trust.ood or {})
 
     def predict_each(self, images: Sequence[ImageSource], batch_size: int = 32, **context: Any) -> Prediction:
         """Score unrelated photos independently, in batches (no sequence)."""
@@ -144,9 +198,13 @@ class Predictor:
 def load_predictor(weights: str | Path | None = None, device: str | torch.device | None = None) -> Predictor:
     """Load and verify the weights (the shipped ones by default) on the best device.
 
-    `weights` is the folder holding the safetensors file and its model card.
+    `weights` is the folder holding the safetensors file and its model card (default:
+    `SKIN_MODEL_WEIGHTS`, else the weights installed with the package or the repository's).
     The device is the argument, else `SKIN_MODEL_DEVICE`, else CUDA, MPS or CPU.
     """
     model, card = checkpoint.load(weights)
     dev = device if isinstance(device, torch.device) else select_device(device)
     return Predictor(model, card, dev)
+
+
+__all__ = ["Analysis", "Prediction", "Predictor", "load_predictor"]

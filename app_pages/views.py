@@ -1,0 +1,186 @@
+"""What the pages share: the predictor the frame loaded, the cached analysis (prediction and
+heatmaps from one forward), and the pieces they draw with (upload fields, patient context,
+charts, verdicts, heatmap controls, report downloads).
+
+Every decision (decoding, prediction, confidence, heatmaps, reports) is made by `skin_model`;
+this module keeps results between reruns and arranges them on screen. An analysis is cached
+by the photos' content, the patient context, the heatmap method and target: moving a slider
+that only changes how the result is drawn never runs the model.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image
+
+from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, Prediction, Predictor
+from skin_model.constants import SITES
+from skin_model.explain.cam import METHODS
+from skin_model.io.images import ACCEPTED_SUFFIXES, Photo
+from skin_model.model.card import ModelCard
+from skin_model.predict import Analysis
+
+PREDICTOR_KEY, PROBLEM_KEY = "predictor", "model_problem"  # set by the frame (streamlit_app.py) on every rerun
+MALIGNANT_COLOUR, BENIGN_COLOUR = "#d62728", "#1f77b4"
+REPORT_OPACITY = 0.45  # heatmap opacity in the PDF, whatever the slider shows
+
+
+def safe(text: str) -> str:
+    """A file name shown as plain text, not as markdown (a name must not become a link)."""
+    return "".join("\\" + ch if ch in "\\`*[]()<>" else ch for ch in text)
+
+
+def photo_uploader(label: str, key: str) -> list[tuple[str, bytes]]:
+    """A multi-file picker for every accepted format; the files as (name, bytes), kept in memory."""
+    files = st.file_uploader(label, type=list(ACCEPTED_SUFFIXES), accept_multiple_files=True, key=key)
+    return [(f.name, f.getvalue()) for f in files or []]
+
+
+def show_errors(errors: list[tuple[str, str]]) -> None:
+    """One message next to each file that was not analysed."""
+    for _name, message in errors:
+        st.error(f"Not analysed: {safe(message)}")
+
+
+def patient_context(key: str) -> dict[str, float | str | None]:
+    """Optional age, sex and body site (the HAM10000 metadata the model can use)."""
+    with st.expander("Patient context (optional)"):
+        c1, c2, c3 = st.columns(3)
+        age = c1.number_input("Age", min_value=0, max_value=110, value=None, step=1, key=f"{key}_age")
+        sex = c2.selectbox("Sex", ["unknown", "male", "female"], key=f"{key}_sex")
+        site = c3.selectbox("Body site", ["unknown", *SITES], key=f"{key}_site")
+    return {"age": float(age) if age is not None else None, "sex": None if sex == "unknown" else sex,
+            "site": None if site == "unknown" else site}
+
+
+def label(code: str) -> str:
+    """Class name and code, flagged when malignant (for selectors)."""
+    return f"{CLASS_NAMES[code]} ({code})" + (" ⚠ malignant" if code in MALIGNANT else "")
+
+
+def short_label(code: str) -> str:
+    """Full class name, shortened where it would crowd a chart; ⚠ marks malignant classes."""
+    name = {"akiec": "Actinic keratosis / IEC"}.get(code, CLASS_NAMES[code])
+    return f"{name} ⚠" if code in MALIGNANT else name
+
+
+def probability_chart(probs: dict[str, float], title: str | None = None) -> go.Figure:
+    """Sorted horizontal bars with full class names; malignant classes in red."""
+    order = sorted(probs, key=probs.get)
+    fig = go.Figure(go.Bar(
+        x=[probs[c] for c in order], y=[short_label(c) for c in order], orientation="h",
+        marker_color=[MALIGNANT_COLOUR if c in MALIGNANT else BENIGN_COLOUR for c in order],
+        text=[f"{probs[c]:.1%}" for c in order], textposition="outside", cliponaxis=False, customdata=order,
+        hovertemplate="%{y}: %{x:.1%}<extra></extra>",
+    ))
+    fig.update_layout(title=title, xaxis=dict(range=[0, 1.12], tickformat=".0%", tickvals=[0, 0.25, 0.5, 0.75, 1],
+                                              title="probability (red ⚠ = malignant class)"),
+                      height=320, margin=dict(l=10, r=10, t=40 if title else 30, b=10))
+    return fig
+
+
+def chart(fig: go.Figure, key: str) -> None:
+    """A plotly chart without the mode bar (the tests find charts by key)."""
+    st.plotly_chart(fig, key=key, config={"displayModeBar": False})
+
+
+def verdict(probs: dict[str, float], prediction: Prediction, index: int | None = None) -> bool:
+    """The top diagnosis, a clear inconclusive state, or why the photo gets no diagnosis.
+    Returns False when the photo was rejected (so no probabilities should be shown)."""
+    rejected = prediction.rejected(index) if index is not None else None
+    if rejected:
+        st.warning(f"**No diagnosis.** {rejected} Upload a sharp, well-lit dermatoscopic photo of the lesion.")
+        return False
+    code, p = Prediction.top(probs)
+    if prediction.is_inconclusive(probs):
+        st.warning(f"**Inconclusive**: the model is not confident (top class {CLASS_NAMES[code]} at {p:.0%}, "
+                   f"below the {prediction.inconclusive_below:.0%} threshold).")
+    elif code in MALIGNANT:
+        st.error(f"**{CLASS_NAMES[code]}** ({code}, malignant): {p:.1%}")
+    else:
+        st.success(f"**{CLASS_NAMES[code]}** ({code}): {p:.1%}")
+    return True
+
+
+def cam_controls(key: str, default_method: str) -> tuple[str, str | None, float]:
+    """Method, target class (None: the class shown for each photo) and opacity for the heatmaps."""
+    c1, c2, c3 = st.columns(3)
+    method = c1.selectbox("Heatmap method", list(METHODS), index=list(METHODS).index(default_method),
+                          key=f"{key}_method",
+                          help="The default is the method whose heatmaps pointed inside the lesion most often on test.")
+    options = ["predicted class", *CLASSES]
+    target = c2.selectbox("Explain class", options, key=f"{key}_target",
+                          format_func=lambda c: c if c == "predicted class" else label(c))
+    opacity = c3.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_opacity")
+    return method, None if target == "predicted class" else target, opacity
+
+
+def _pdf(analysis: Analysis, photos: Sequence[Photo], card: ModelCard) -> bytes:
+    from skin_model.interop import pdf  # fpdf2 and its font tools load only once a report is asked for
+
+    overlays = [heat.overlay(p.image, REPORT_OPACITY) for heat, p in zip(analysis.heatmaps, photos)]
+    return pdf.pdf_report(analysis.prediction, [p.image for p in photos], [p.name for p in photos], card,
+                          heatmaps=overlays, dates=[p.date for p in photos])
+
+
+def _fhir(analysis: Analysis, photos: Sequence[Photo], card: ModelCard) -> str:
+    from skin_model.interop import fhir  # the FHIR models (pydantic) load only once a report is asked for
+
+    return fhir.to_json(fhir.diagnostic_report(analysis.prediction, [p.image for p in photos],
+                                               [p.name for p in photos], card, dates=[p.date for p in photos]))
+
+
+def downloads(analysis: Analysis, photos: Sequence[Photo], card: ModelCard, key: str) -> None:
+    """PDF and FHIR downloads of this analysis. Each is built in memory when its button is
+    clicked, not on every rerun (each move of the opacity slider would rebuild both)."""
+    c1, c2 = st.columns(2)
+    c1.download_button("⬇ PDF report", lambda: _pdf(analysis, photos, card),
+                       file_name="skin-lesion-report.pdf", mime="application/pdf", on_click="ignore",
+                       key=f"{key}_pdf")
+    c2.download_button("⬇ FHIR R4 DiagnosticReport (JSON)", lambda: _fhir(analysis, photos, card),
+                       file_name="skin-lesion-report.fhir.json", mime="application/fhir+json", on_click="ignore",
+                       key=f"{key}_fhir")
+
+
+def require_predictor() -> Predictor:
+    """The predictor the frame loaded, for a view that cannot go on without it: otherwise the frame's
+    one message, and the page stops."""
+    predictor = st.session_state.get(PREDICTOR_KEY)
+    if predictor is None:
+        st.error(st.session_state.get(PROBLEM_KEY) or "The model could not be loaded.")
+        st.stop()
+    return predictor
+
+
+def release_freed_memory() -> None:
+    """Hand the memory torch has freed back to the system. glibc keeps freed blocks in the
+    malloc arena of the thread that freed them, and Streamlit runs every rerun in a new
+    thread: without this the app grows by about 100 MB over its first 20 analyses."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        pass
+
+
+@st.cache_data(max_entries=64, show_spinner="Analysing…")
+def _analysis(weights: str | None, digests: tuple[str, ...], context: tuple[float | None, str | None, str | None],
+              sequence: bool | None, method: str, target: str | None, _predictor: Predictor,
+              _images: list[Image.Image]) -> Analysis:
+    """Cached by everything that changes the result (the images themselves are keyed by their digests)."""
+    age, sex, site = context
+    result = _predictor.analyse(_images, age=age, sex=sex, site=site, sequence=sequence, method=method,
+                                target=target)
+    release_freed_memory()  # the photos were just scored and explained: the largest allocations are over
+    return result
+
+
+def analyse(predictor: Predictor, photos: Sequence[Photo], context: dict[str, float | str | None], method: str,
+            target: str | None, sequence: bool | None = None) -> Analysis:
+    """The prediction and the heatmaps of these photos (in this order), from one forward of the model."""
+    return _analysis(predictor.card.sha256, tuple(p.digest for p in photos),
+                     (context.get("age"), context.get("sex"), context.get("site")), sequence, method, target,
+                     predictor, [p.image for p in photos])

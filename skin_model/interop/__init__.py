@@ -1,0 +1,1 @@
+"""Reports for other systems and people: the PDF report and the FHIR R4 DiagnosticReport."""

