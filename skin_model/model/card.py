@@ -13,7 +13,7 @@ The JSON layout is the one earlier cards used (flat `image_size`, `mean`, `std`,
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from skin_model import constants as C
@@ -116,9 +116,6 @@ class ModelCard:
                                                    for i, m in enumerate(self.members))] if name not in known]
         if differing:
             raise CardError(f"model card disagrees with this code on: {', '.join(differing)}")
-
-    def with_updates(self, **changes: Any) -> ModelCard:
-        return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
         """The card as written next to the weights."""
