@@ -7,15 +7,18 @@ same code:
     encoded = encode(model, photos, meta)                    # batched, no gradients
     probs = shown_probabilities(model, encoded.logits)       # what the user is shown
 
-`Scorer` is the same forward as a module, for Grad-CAM: it runs once per photo and keeps
-the features and logits, so a heatmap and its prediction come from one forward.
+The network's inputs are built here too: `preprocess` (photos, from the card's data config)
+and `encode_metadata` / `table_metadata` (patient context). `Scorer` is the same forward as
+a module, for Grad-CAM: it runs once per photo and keeps the features and logits, so a
+heatmap and its prediction come from one forward.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -23,8 +26,12 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from skin_model.constants import META_DIM, SEXES, SITES
 from skin_model.data.config import DataConfig
 from skin_model.model.network import SkinLesionNet
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Kind = Literal["photo", "sequence"]
 DEFAULT_CONFIG = DataConfig()
@@ -52,6 +59,26 @@ def preprocess(images: Sequence[Image.Image] | torch.Tensor, config: DataConfig 
     mean = torch.tensor(config.mean, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(config.std, dtype=x.dtype).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std)
+
+
+def encode_metadata(age: float | None = None, sex: str | None = None, site: str | None = None) -> np.ndarray:
+    """Patient context as a fixed-length vector; unknown fields are all zeros plus a flag."""
+    vec = np.zeros(META_DIM, dtype=np.float32)
+    if age is not None and not (isinstance(age, float) and math.isnan(age)):
+        vec[0] = float(age) / 100.0
+        vec[1] = 1.0
+    if isinstance(sex, str) and sex.lower() in SEXES:
+        vec[2 + SEXES.index(sex.lower())] = 1.0
+    if isinstance(site, str) and site.lower() in SITES:
+        vec[2 + len(SEXES) + SITES.index(site.lower())] = 1.0
+    return vec
+
+
+def table_metadata(table: pd.DataFrame) -> np.ndarray:
+    """Encode the age, sex and localization columns of a metadata table."""
+    return np.stack(
+        [encode_metadata(r.age, r.sex, r.localization) for r in table.itertuples()]
+    ) if len(table) else np.zeros((0, META_DIM), dtype=np.float32)
 
 
 @dataclass

@@ -24,7 +24,6 @@ from PIL import Image
 
 from skin_model import engine
 from skin_model.constants import CLASSES
-from skin_model.data.transforms import encode_metadata
 from skin_model.devices import describe, select_device
 from skin_model.io.images import ImageSource, load_image
 from skin_model.model import checkpoint
@@ -138,7 +137,7 @@ class Predictor:
     def _meta(self, n: int, age: float | None, sex: str | None, site: str | None) -> torch.Tensor | None:
         if age is None and not sex and not site:
             return None
-        vec = encode_metadata(age, sex, site)
+        vec = engine.encode_metadata(age, sex, site)
         return torch.as_tensor(np.repeat(vec[None], n, axis=0), device=self.device)
 
     @staticmethod

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from skin_model.constants import CLASSES, META_DIM, METADATA_FILE
-from skin_model.data.transforms import encode_metadata
+from skin_model.constants import CLASSES, METADATA_FILE
 
 if TYPE_CHECKING:  # pandas (about 60 MB resident) loads only when a dataset is read, not to score a photo
     import pandas as pd
@@ -155,8 +154,3 @@ def training_tables(table: pd.DataFrame, seed: int = 0, limit: int | None = None
             table[table.split == "val"].reset_index(drop=True))
 
 
-def table_metadata(table: pd.DataFrame) -> np.ndarray:
-    """Encode the age, sex and localization columns of a metadata table."""
-    return np.stack(
-        [encode_metadata(r.age, r.sex, r.localization) for r in table.itertuples()]
-    ) if len(table) else np.zeros((0, META_DIM), dtype=np.float32)

@@ -1,4 +1,4 @@
-"""Training's views of a photo, the framings evaluation measures, and the patient-context vector.
+"""Training's views of a photo and the framings evaluation measures.
 
 (The inference input itself is built by `engine.preprocess` from the card's data config.)
 Training crops, zooms, rotates and recolours so that the model holds up on photos framed
@@ -13,25 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from skin_model.constants import IMAGE_SIZE, MEAN, META_DIM, SEXES, SITES, STD
-
-
-def encode_metadata(age: float | None = None, sex: str | None = None, site: str | None = None) -> np.ndarray:
-    """Patient context as a fixed-length vector; unknown fields are all zeros plus a flag."""
-    vec = np.zeros(META_DIM, dtype=np.float32)
-    if age is not None and not (isinstance(age, float) and math.isnan(age)):
-        vec[0] = float(age) / 100.0
-        vec[1] = 1.0
-    if isinstance(sex, str) and sex.lower() in SEXES:
-        vec[2 + SEXES.index(sex.lower())] = 1.0
-    if isinstance(site, str) and site.lower() in SITES:
-        vec[2 + len(SEXES) + SITES.index(site.lower())] = 1.0
-    return vec
+from skin_model.constants import IMAGE_SIZE, MEAN, STD
 
 
 def centre_crop(img: Image.Image, fraction: float) -> Image.Image:

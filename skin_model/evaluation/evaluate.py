@@ -12,7 +12,7 @@ from PIL import Image
 
 from skin_model import engine
 from skin_model.constants import CLASSES
-from skin_model.data.ham10000 import Ham10000, lesion_groups, split_table, table_metadata
+from skin_model.data.ham10000 import Ham10000, lesion_groups, split_table
 from skin_model.data.transforms import VARIANTS
 from skin_model.evaluation import ood_set
 from skin_model.evaluation.summary import interval_notes, performance_rows
@@ -112,7 +112,7 @@ def evaluate_split(model: SkinLesionNet, ham: Ham10000, split: str = "test", see
     table = split_table(ham, split, seed, limit)
     labels = table.label.to_numpy()
     photos = [load_image(p) for p in table.path]
-    meta = table_metadata(table)
+    meta = engine.table_metadata(table)
     report: dict[str, Any] = {"split": split, "n_photos": len(table), "n_lesions": int(table.lesion_id.nunique()),
                               "single_photo": {}, "with_patient_context": {}}
     base_feats = base_logits = None

@@ -666,6 +666,7 @@ def test_a_photo_crosses_at_most_ten_project_files(app_env: Path, lesion_photos)
     import threading
 
     at = _app()  # loads the model: not part of a photo's path
+    at.number_input[0].set_value(61)  # with patient context, the longer path
     seen: set[str] = set()
     root = str(APP.parent)
 
@@ -682,4 +683,5 @@ def test_a_photo_crosses_at_most_ten_project_files(app_env: Path, lesion_photos)
         sys.setprofile(None)
         threading.setprofile(None)
     assert any("explain" in f for f in seen) and any("engine" in f for f in seen), seen  # the path was traced
+    assert at.number_input[0].value == 61
     assert len(seen) <= 10, "\n".join(sorted(seen))

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from skin_model import engine
-from skin_model.data.transforms import encode_metadata
+from skin_model.engine import encode_metadata
 from skin_model.evaluation.evaluate import calibrated_probs, lesion_sequence_logits, photo_outputs
 from skin_model.predict import Predictor, load_predictor
 from skin_model.training.stages import features_of, photo_logits_of

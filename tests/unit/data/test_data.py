@@ -16,13 +16,12 @@ from skin_model.data.ham10000 import (
     METADATA_FILE,
     SPLITS,
     DatasetError,
-    encode_metadata,
     load_ham10000,
     resolve_root,
     split_lesions,
-    table_metadata,
     training_tables,
 )
+from skin_model.engine import encode_metadata, table_metadata
 
 
 @pytest.mark.parametrize("layout", ["flat", "official"])
