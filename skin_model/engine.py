@@ -88,6 +88,10 @@ class Encoded:
     features: torch.Tensor
     logits: torch.Tensor
 
+    def numpy(self) -> tuple[np.ndarray, np.ndarray]:
+        """(features, logits) as numpy arrays on the CPU, for the fits and reports that work on arrays."""
+        return self.features.cpu().numpy(), self.logits.cpu().numpy()
+
 
 def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device

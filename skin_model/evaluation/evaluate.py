@@ -27,8 +27,7 @@ from skin_model.trust import abstain, ood
 def photo_outputs(model: SkinLesionNet, images: list[Image.Image], meta: np.ndarray | None = None,
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features and raw (uncalibrated) per-photo logits, as numpy arrays (engine.encode)."""
-    encoded = engine.encode(model, images, meta)
-    return encoded.features.cpu().numpy(), encoded.logits.cpu().numpy()
+    return engine.encode(model, images, meta).numpy()
 
 
 def lesion_sequence_logits(model: SkinLesionNet, feats: np.ndarray, logits: np.ndarray,

@@ -27,11 +27,6 @@ def _photos(paths: list[str]) -> list:
     return [load_image(p) for p in tqdm(paths, desc="decode", leave=False)]
 
 
-def _outputs(model: SkinLesionNet, photos: list) -> tuple[np.ndarray, np.ndarray]:
-    encoded = engine.encode(model, photos)
-    return encoded.features.cpu().numpy(), encoded.logits.cpu().numpy()
-
-
 SEQUENCE_SHARPNESS = (0.0, 5.0, 10.0, 25.0)
 SEQUENCE_MIX = (0.0, 0.5, 1.0)
 
@@ -80,7 +75,7 @@ def fit(model: SkinLesionNet, ham: Ham10000, seed: int = 0, limit: int | None = 
     train_t, val_t = training_tables(ham.table, seed, limit)
     n = len(CLASSES)
 
-    train_feats, _ = _outputs(model, _photos(list(train_t.path)))
+    train_feats, _ = engine.encode(model, _photos(list(train_t.path))).numpy()
     means, precision = ood.fit_gaussian(train_feats[:, :FEATURE_DIM], train_t.label.to_numpy(), n)
     model.ood_means.copy_(torch.as_tensor(means))
     model.ood_precision.copy_(torch.as_tensor(precision))
@@ -91,7 +86,7 @@ def fit(model: SkinLesionNet, ham: Ham10000, seed: int = 0, limit: int | None = 
     val_feats = val_logits = None
     for name, variant in VARIANTS.items():
         imgs = [variant(p) for p in val_photos]
-        feats, logits = _outputs(model, imgs)
+        feats, logits = engine.encode(model, imgs).numpy()
         if name == "full":
             val_feats, val_logits = feats, logits
         quality_rows += [ood.quality(img) for img in imgs]
