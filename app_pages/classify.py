@@ -21,6 +21,10 @@ context = views.patient_context("classify")
 
 if camera is not None:
     files.append((camera.name, camera.getvalue()))
+if files and st.session_state.get("analyse_paths"):  # the user's own lesion: never pooled with a dataset photo
+    st.session_state.pop("analyse_paths")
+    st.info("The dataset photo sent by the explorer was removed: it shows another lesion, and photos of "
+            "different lesions are never analysed together.")
 unread = []
 for path in map(Path, st.session_state.get("analyse_paths", [])):  # a dataset photo sent by the explorer
     try:
@@ -46,7 +50,7 @@ if prediction.sequence is not None:
     st.caption(f"Combines {predictor.sequence_method}.")
     left, right = st.columns([1, 2])
     with left:
-        views.verdict(prediction.sequence, prediction)
+        views.verdict(prediction.sequence_decision())
     with right:
         views.chart(views.probability_chart(prediction.sequence), key="sequence_chart")
 
@@ -56,7 +60,7 @@ for i, (photo, probs, heat) in enumerate(zip(photos, prediction.photos, analysis
     c1, c2, c3 = st.columns([1, 1, 2])
     c1.image(photo.image, caption="photo", width="stretch")
     with c3:
-        answered = views.verdict(probs, prediction, i)
+        answered = views.verdict(prediction.decision(i))
         if answered:
             views.chart(views.probability_chart(probs), key=f"chart_{i}")
     if answered:
@@ -64,4 +68,4 @@ for i, (photo, probs, heat) in enumerate(zip(photos, prediction.photos, analysis
                  caption=f"{heat.method}: where the model looked for {CLASS_NAMES[heat.target]}")
 
 st.divider()
-views.downloads(analysis, photos, predictor.card, "classify")
+views.downloads(analysis, photos, predictor.card, "classify", opacity)

@@ -3,8 +3,6 @@ probabilities, the sequence prediction and measured changes."""
 
 from __future__ import annotations
 
-import datetime
-
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -12,12 +10,15 @@ import streamlit as st
 from app_pages import views
 from skin_model import CLASS_NAMES, CLASSES
 from skin_model.explain.lesion import changes, measure
+from skin_model.interop.common import ENTERED_MARK, date_label, visit_label
 from skin_model.io.images import decode_uploads
+
+DATE_FROM = {"file": "the photo's file (EXIF)", "entered": "entered by you", None: "no date"}
 
 st.title("📈 Lesion evolution")
 predictor = views.require_predictor()
 st.caption("Upload photos of the same lesion taken at different visits. Dates come from the photos' EXIF "
-           "data when present; check and edit them below. Photos are sorted by date.")
+           "data when present; enter the others below. Once every photo has a date they are sorted by date.")
 
 files = views.photo_uploader("Photos of one lesion", key="evolution_files")
 context = views.patient_context("evolution")
@@ -28,12 +29,20 @@ if len(photos) < 2:
     st.stop()
 
 st.subheader("Visit dates")
-today = datetime.date.today()
+st.caption(f"A date the photo's file does not hold is never made up: enter it, or leave it empty. Dates you enter "
+           f"are marked {ENTERED_MARK}.")
 cols = st.columns(min(len(photos), 4))
 for i, photo in enumerate(photos):
-    default = photo.date or today - datetime.timedelta(days=30 * (len(photos) - 1 - i))
-    photo.date = cols[i % len(cols)].date_input(photo.name, value=default, key=f"date_{photo.digest}_{i}")
-photos.sort(key=lambda p: (p.date, p.name))
+    chosen = cols[i % len(cols)].date_input(
+        photo.name, value=photo.date, key=f"date_{photo.digest}_{i}",
+        help="Read from the photo's EXIF data" if photo.date else "The file holds no date: enter when it was taken")
+    photo.date, photo.date_entered = chosen, chosen is not None and chosen != photo.date  # vs the file's
+if all(p.date is not None for p in photos):
+    photos.sort(key=lambda p: (p.date, p.name))
+else:
+    st.caption("Not every photo has a date: the visits are in upload order (visit 1, 2, 3, …).")
+labels = [visit_label(i, p.date, p.date_entered) for i, p in enumerate(photos)]
+source = ["entered" if p.date_entered else "file" if p.date else None for p in photos]
 
 method, target, opacity = views.cam_controls("evolution", predictor.default_cam_method)
 analysis = views.analyse(predictor, photos, context, method, target, sequence=True)
@@ -46,38 +55,41 @@ if prediction.sequence is None:
     st.warning("None of the photos could be analysed as a dermatoscopic photo of a lesion.")
     st.stop()
 with left:
-    views.verdict(prediction.sequence, prediction)
+    views.verdict(prediction.sequence_decision())
 with right:
     views.chart(views.probability_chart(prediction.sequence), key="evo_sequence")
 
 st.subheader("Visits")
 cols = st.columns(min(len(photos), 4))
-for i, (photo, probs, heat) in enumerate(zip(photos, prediction.photos, analysis.heatmaps)):
+for i, (photo, heat) in enumerate(zip(photos, analysis.heatmaps)):
     with cols[i % len(cols)]:
-        st.image(photo.image, caption=f"{photo.date:%Y-%m-%d} · {photo.name}", width="stretch")
+        st.image(photo.image, caption=f"{labels[i]} · {photo.name}", width="stretch")
         st.image(heat.overlay(photo.image, opacity), caption=f"{heat.method} for {heat.target}",
                  width="stretch")
-        views.verdict(probs, prediction, i)
+        views.verdict(prediction.decision(i))
 
-per_visit = pd.DataFrame([{"date": p.date, "class": CLASS_NAMES[c], "probability": probs[c]}
-                          for p, probs in zip(photos, prediction.photos) for c in CLASSES])
-fig = px.line(per_visit, x="date", y="probability", color="class", markers=True,
+visits = dict(tickmode="array", tickvals=list(range(1, len(photos) + 1)), ticktext=labels, title_text="visit")
+per_visit = pd.DataFrame([{"visit": i + 1, "class": CLASS_NAMES[c], "probability": probs[c]}
+                          for i, probs in enumerate(prediction.photos) for c in CLASSES])
+fig = px.line(per_visit, x="visit", y="probability", color="class", markers=True,
               title="Probability of each class per visit")
-fig.update_yaxes(range=[0, 1], tickformat=".0%")
+fig.update_yaxes(range=[0, 1], tickformat=".0%").update_xaxes(**visits)
 views.chart(fig, key="evo_lines")
-views.downloads(analysis, photos, predictor.card, "evolution")
+views.downloads(analysis, photos, predictor.card, "evolution", opacity)
 
 st.subheader("Measured changes")
 st.caption("From an automatic segmentation of each photo. Area is relative to the frame, so it is comparable "
            "only between photos taken at the same magnification.")
 measures = changes([measure(p.image) for p in photos])
-table = pd.DataFrame([{"date": p.date, "photo": p.name, "area vs first visit": m["area_vs_first"],
+table = pd.DataFrame([{"visit": i + 1, "date": date_label(p.date, p.date_entered), "date from": DATE_FROM[s],
+                       "photo": p.name, "area vs first visit": m["area_vs_first"],
                        "lesion share of frame": m["area_fraction"], "colour variation (Lab std)": m["colour_variation"],
-                       "asymmetry (0 = symmetric)": m["asymmetry"]} for p, m in zip(photos, measures)])
+                       "asymmetry (0 = symmetric)": m["asymmetry"]}
+                      for i, (p, s, m) in enumerate(zip(photos, source, measures))])
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={"area vs first visit": st.column_config.NumberColumn(format="%.2f×"),
                             "lesion share of frame": st.column_config.NumberColumn(format="%.1%%")})
-long = table.melt(id_vars=["date", "photo"], value_vars=["area vs first visit", "colour variation (Lab std)",
-                                                          "asymmetry (0 = symmetric)"])
-st.plotly_chart(px.line(long, x="date", y="value", facet_row="variable", markers=True, height=500)
-                .update_yaxes(matches=None), key="evo_changes")
+long = table.melt(id_vars=["visit", "photo"], value_vars=["area vs first visit", "colour variation (Lab std)",
+                                                           "asymmetry (0 = symmetric)"])
+st.plotly_chart(px.line(long, x="visit", y="value", facet_row="variable", markers=True, height=500)
+                .update_yaxes(matches=None).update_xaxes(**visits), key="evo_changes")

@@ -104,7 +104,7 @@ if prediction.sequence is None:
     st.stop()
 left, right = st.columns([1, 2])
 with left:
-    views.verdict(prediction.sequence, prediction)
+    views.verdict(prediction.sequence_decision())
     context = predictor.predict([p.image for p in photos], sequence=True, age=first.age,
                                 sex=first.sex, site=first.localization)
     if context.sequence is not None:
@@ -113,7 +113,7 @@ with left:
 with right:
     views.chart(views.probability_chart(prediction.sequence, "Sequence prediction"), key="lesion_seq")
 cols = st.columns(min(len(photos), 4))
-for i, (photo, probs) in enumerate(zip(photos, prediction.photos)):
+for i, photo in enumerate(photos):
     with cols[i % len(cols)]:
         st.image(photo.image, caption=photo.name, width="stretch")
-        views.verdict(probs, prediction, i)
+        views.verdict(prediction.decision(i))

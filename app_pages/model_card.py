@@ -12,6 +12,12 @@ from app_pages import views
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT
 from skin_model.constants import DISCLAIMER
 from skin_model.evaluation.summary import interval_notes, performance_rows
+from skin_model.trust.decision import percent
+
+
+def _span(interval: list[float] | None) -> str:
+    return f"{interval[0]:.1%} to {interval[1]:.1%}" if interval else "-"
+
 
 st.title("📄 Model card & about")
 st.error(f"**{DISCLAIMER}**", icon="⚠️")
@@ -82,6 +88,24 @@ if single:
                        f"**inconclusive**. On test it answers {abst['coverage']:.0%} of photos, with balanced accuracy "
                        f"{abst['balanced_accuracy_answered']:.3f} and accuracy {abst['accuracy_answered']:.3f} "
                        "on those.")
+    triage_test = metrics.get("triage")
+    rule = card.trust.triage
+    if rule is not None:
+        st.subheader("Triage: see a dermatologist?")
+        st.markdown(f"Every answer starts with triage: when the probability of a malignant lesion "
+                    f"({' + '.join(rule.malignant)}) is at least **{percent(rule.threshold)}**, the app says to see a "
+                    f"dermatologist, whatever the top class. The threshold was {rule.operating_point()} "
+                    "(the lowest sensitivity over full frame, centre crop and zoom reaches the target).")
+        if triage_test:
+            rows = [{"photos (test)": name, "sensitivity": op["sensitivity"],
+                     "95% interval (sens.)": _span(op["sensitivity_interval"]), "specificity": op["specificity"],
+                     "95% interval (spec.)": _span(op["specificity_interval"]), "photos": op["n"],
+                     "malignant": op["n_malignant"]} for name, op in triage_test["single_photo"].items()]
+            st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+                "sensitivity": st.column_config.NumberColumn(format="percent"),
+                "specificity": st.column_config.NumberColumn(format="percent")})
+            st.caption("Test split, single photos in three framings; intervals from 1,000 bootstrap resamples of "
+                       "whole lesions.")
     ood = metrics.get("ood")
     if ood:
         st.subheader("Out-of-distribution rejection")

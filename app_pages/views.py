@@ -17,16 +17,16 @@ import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
-from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, Prediction, Predictor
+from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, Predictor
 from skin_model.constants import SITES
 from skin_model.explain.cam import METHODS
 from skin_model.io.images import ACCEPTED_SUFFIXES, Photo
 from skin_model.model.card import ModelCard
 from skin_model.predict import Analysis
+from skin_model.trust.decision import Decision
 
 PREDICTOR_KEY, PROBLEM_KEY = "predictor", "model_problem"  # set by the frame (streamlit_app.py) on every rerun
 MALIGNANT_COLOUR, BENIGN_COLOUR = "#d62728", "#1f77b4"
-REPORT_OPACITY = 0.45  # heatmap opacity in the PDF, whatever the slider shows
 
 
 def safe(text: str) -> str:
@@ -88,21 +88,21 @@ def chart(fig: go.Figure, key: str) -> None:
     st.plotly_chart(fig, key=key, config={"displayModeBar": False})
 
 
-def verdict(probs: dict[str, float], prediction: Prediction, index: int | None = None) -> bool:
-    """The top diagnosis, a clear inconclusive state, or why the photo gets no diagnosis.
-    Returns False when the photo was rejected (so no probabilities should be shown)."""
-    rejected = prediction.rejected(index) if index is not None else None
-    if rejected:
-        st.warning(f"**No diagnosis.** {rejected} Upload a sharp, well-lit dermatoscopic photo of the lesion.")
+def verdict(decision: Decision) -> bool:
+    """The decision's headline and detail, word for word as the CLI and the reports give them (red for a
+    referral or a malignant answer, amber for inconclusive or refused). Returns False when the photo
+    was refused (so no probabilities should be shown)."""
+    text = f"**{decision.headline}**"
+    if decision.status == "out_of_distribution":
+        st.warning(f"{text}. Upload a sharp, well-lit dermatoscopic photo of the lesion.")
         return False
-    code, p = Prediction.top(probs)
-    if prediction.is_inconclusive(probs):
-        st.warning(f"**Inconclusive**: the model is not confident (top class {CLASS_NAMES[code]} at {p:.0%}, "
-                   f"below the {prediction.inconclusive_below:.0%} threshold).")
-    elif code in MALIGNANT:
-        st.error(f"**{CLASS_NAMES[code]}** ({code}, malignant): {p:.1%}")
+    if decision.status == "inconclusive":
+        st.warning(text)
+    elif decision.refer or decision.top in MALIGNANT:
+        st.error(text)
     else:
-        st.success(f"**{CLASS_NAMES[code]}** ({code}): {p:.1%}")
+        st.success(text)
+    st.caption(decision.detail)
     return True
 
 
@@ -119,26 +119,33 @@ def cam_controls(key: str, default_method: str) -> tuple[str, str | None, float]
     return method, None if target == "predicted class" else target, opacity
 
 
-def _pdf(analysis: Analysis, photos: Sequence[Photo], card: ModelCard) -> bytes:
+def _pdf(analysis: Analysis, photos: Sequence[Photo], card: ModelCard, opacity: float) -> bytes:
     from skin_model.interop import pdf  # fpdf2 and its font tools load only once a report is asked for
 
-    overlays = [heat.overlay(p.image, REPORT_OPACITY) for heat, p in zip(analysis.heatmaps, photos)]
     return pdf.pdf_report(analysis.prediction, [p.image for p in photos], [p.name for p in photos], card,
-                          heatmaps=overlays, dates=[p.date for p in photos])
+                          heatmaps=analysis.heatmaps, opacity=opacity, dates=[p.date for p in photos],
+                          dates_entered=[p.date_entered for p in photos])
 
 
 def _fhir(analysis: Analysis, photos: Sequence[Photo], card: ModelCard) -> str:
     from skin_model.interop import fhir  # the FHIR models (pydantic) load only once a report is asked for
 
     return fhir.to_json(fhir.diagnostic_report(analysis.prediction, [p.image for p in photos],
-                                               [p.name for p in photos], card, dates=[p.date for p in photos]))
+                                               [p.name for p in photos], card, dates=[p.date for p in photos],
+                                               dates_entered=[p.date_entered for p in photos]))
 
 
-def downloads(analysis: Analysis, photos: Sequence[Photo], card: ModelCard, key: str) -> None:
-    """PDF and FHIR downloads of this analysis. Each is built in memory when its button is
-    clicked, not on every rerun (each move of the opacity slider would rebuild both)."""
+def downloads(analysis: Analysis, photos: Sequence[Photo], card: ModelCard, key: str, opacity: float) -> None:
+    """PDF and FHIR downloads of this analysis, its heatmaps drawn as shown (method, class, `opacity`). Each
+    is built in memory when its button is clicked, not on every rerun (each move of the opacity slider would
+    rebuild both). When every photo was refused there is no finding to report: no buttons, and why."""
+    prediction = analysis.prediction
+    if not prediction.answered_any():
+        st.info("No report to download: none of the photos could be analysed as a dermatoscopic photo of a "
+                "lesion (see above).")
+        return
     c1, c2 = st.columns(2)
-    c1.download_button("⬇ PDF report", lambda: _pdf(analysis, photos, card),
+    c1.download_button("⬇ PDF report", lambda: _pdf(analysis, photos, card, opacity),
                        file_name="skin-lesion-report.pdf", mime="application/pdf", on_click="ignore",
                        key=f"{key}_pdf")
     c2.download_button("⬇ FHIR R4 DiagnosticReport (JSON)", lambda: _fhir(analysis, photos, card),

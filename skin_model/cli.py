@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from skin_model.constants import CLASS_NAMES, CLASSES
+from skin_model.constants import CLASS_NAMES, CLASSES, DISCLAIMER
 
 if TYPE_CHECKING:
     from skin_model.model.card import ModelCard
@@ -144,19 +144,21 @@ def _predict(args: argparse.Namespace) -> int:
         except ImageError as exc:
             print(f"skin-model: error: {exc}", file=sys.stderr)
             failed = True
-    result = {"classes": list(CLASSES), "images": [], "sequence": None}
+    result = {"classes": list(CLASSES), "images": [], "sequence": None, "triage": None}
     if photos:
         predictor = load_predictor(args.weights, args.device)
         context = {"age": args.age, "sex": args.sex, "site": args.site}
         if args.sequence:
             pred = predictor.predict(photos, sequence=True, **context)
-            if pred.sequence:
-                status = "inconclusive" if pred.is_inconclusive(pred.sequence) else "answered"
-                result["sequence"] = {**_entry(None, pred.sequence), "status": status}
+            seq = pred.sequence_decision()
+            if pred.sequence is not None and seq is not None:
+                result["sequence"] = {**_entry(None, pred.sequence), "status": seq.status, "decision": seq.to_dict()}
         else:
             pred = predictor.predict_each(photos, **context)
-        result["images"] = [{**_entry(n, p), "status": pred.status(i), "message": pred.rejected(i)}
-                            for i, (n, p) in enumerate(zip(names, pred.photos))]
+        result["triage"] = predictor.triage.to_json() if predictor.triage else None
+        decisions = [pred.decision(i) for i in range(len(photos))]
+        result["images"] = [{**_entry(n, p), "status": d.status, "message": pred.rejected(i), "decision": d.to_dict()}
+                            for i, (n, p, d) in enumerate(zip(names, pred.photos, decisions))]
         _write_exports(args, predictor, pred, photos, names, context)
     elif args.pdf or args.fhir or args.csv:
         print("skin-model: error: no photo could be read, so no report was written", file=sys.stderr)
@@ -167,27 +169,44 @@ def _predict(args: argparse.Namespace) -> int:
             print(_line(item["file"], item))
         if result["sequence"]:
             print(_line("sequence", result["sequence"]))
+        if result["images"] and result["triage"]:
+            from skin_model.trust.decision import percent
+            from skin_model.trust.triage import TriageRule
+
+            rule = TriageRule.from_json(result["triage"])
+            print(f"See a dermatologist when the malignant probability is at least {percent(rule.threshold)} "
+                  f"({rule.operating_point()}).")
+        if result["images"]:
+            print(DISCLAIMER)  # as on the PDF and FHIR reports: scores alone must not read as a diagnosis
     return 2 if failed else 0
 
 
 def _write_exports(args: argparse.Namespace, predictor, pred, photos: list, names: list[str], context: dict) -> None:
     """--csv, --pdf and --fhir files (the PDF, when made, is also attached to the FHIR report). The PDF's
-    heatmaps explain the class each photo is shown with, given the same patient context."""
-    from skin_model.interop.common import photo_status
+    heatmaps explain the class each photo is shown with, given the same patient context. A photo refused
+    by the out-of-distribution check gets its message in the CSV and no prediction or probabilities,
+    as in the app."""
     from skin_model.io.images import photo_date
 
-    statuses = [photo_status(pred, i) for i in range(len(photos))]
+    statuses = [pred.status(i) for i in range(len(photos))]
     if args.csv:
         import csv
 
         with open(args.csv, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["file", "prediction", "class_name", "inconclusive", "status",
-                             *(f"p_{c}" for c in CLASSES)])
-            for name, probs, status in zip(names, pred.photos, statuses):
-                top = "" if status == "out_of_distribution" else max(probs, key=probs.__getitem__)
-                writer.writerow([name, top, CLASS_NAMES.get(top, ""), str(status == "inconclusive").lower(), status,
-                                 *(f"{probs[c]:.6f}" for c in CLASSES)])
+            writer.writerow(["file", "decision", "see_dermatologist", "p_malignant", "prediction", "class_name",
+                             "inconclusive", "status", "message", *(f"p_{c}" for c in CLASSES)])
+            for i, (name, probs, status) in enumerate(zip(names, pred.photos, statuses)):
+                d = pred.decision(i)
+                if status == "out_of_distribution":
+                    writer.writerow([name, d.headline, "", "", "", "", "", status, pred.rejected(i) or "",
+                                     *([""] * len(CLASSES))])
+                    continue
+                top = max(probs, key=probs.__getitem__)
+                refer = "" if d.refer is None else str(d.refer).lower()
+                p_mal = "" if d.malignant_probability is None else f"{d.malignant_probability:.6f}"
+                writer.writerow([name, d.headline, refer, p_mal, top, CLASS_NAMES[top], str(d.inconclusive).lower(),
+                                 status, "", *(f"{probs[c]:.6f}" for c in CLASSES)])
         print(f"skin-model: wrote {args.csv}", file=sys.stderr)
     if not (args.pdf or args.fhir):
         return
@@ -198,13 +217,13 @@ def _write_exports(args: argparse.Namespace, predictor, pred, photos: list, name
         from skin_model.interop.pdf import pdf_report
 
         keep = [i for i, s in enumerate(statuses) if s != "out_of_distribution"]
-        overlays: list = [None] * len(photos)
+        heatmaps: list = [None] * len(photos)
         for start in range(0, len(keep), 16):
             chunk = keep[start:start + 16]
-            heatmaps = predictor.analyse([photos[i] for i in chunk], sequence=False, **context).heatmaps
-            for i, heatmap in zip(chunk, heatmaps):
-                overlays[i] = heatmap.overlay(photos[i])
-        pdf = pdf_report(pred, photos, labels, predictor.card, heatmaps=overlays, dates=dates)
+            for i, heatmap in zip(chunk, predictor.analyse([photos[i] for i in chunk], sequence=False,
+                                                           **context).heatmaps):
+                heatmaps[i] = heatmap
+        pdf = pdf_report(pred, photos, labels, predictor.card, heatmaps=heatmaps, dates=dates)
         Path(args.pdf).write_bytes(pdf)
         print(f"skin-model: wrote {args.pdf}", file=sys.stderr)
     if args.fhir:
@@ -236,12 +255,17 @@ def _entry(name: str | None, probs: dict[str, float]) -> dict:
 
 
 def _line(name: str, item: dict) -> str:
+    """The decision's headline first (as the app and the reports show it), then the top three classes."""
+    decision = item["decision"]
     if item.get("message"):
-        return f"{name}: not analysed: {item['message']}"
+        return f"{name}: {decision['headline']}"
+    from skin_model.trust.decision import percent
+
     p = item["probabilities"]
-    ranked = ", ".join(f"{c} {p[c]:.3f}" for c in sorted(p, key=p.get, reverse=True)[:3])
-    flag = " [inconclusive]" if item.get("status") == "inconclusive" else ""
-    return f"{name}: {item['prediction']} ({CLASS_NAMES[item['prediction']]}){flag} | {ranked}"
+    ranked = ", ".join(f"{c} {percent(p[c])}" for c in sorted(p, key=p.get, reverse=True)[:3])
+    malignant = ("" if decision["malignant_probability"] is None
+                 else f" | malignant {percent(decision['malignant_probability'])}")
+    return f"{name}: {decision['headline']}{malignant} | {ranked}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,8 @@ from skin_model.model import checkpoint
 from skin_model.model.card import ModelCard
 from skin_model.model.network import SkinLesionNet
 from skin_model.trust import ood
+from skin_model.trust.decision import Decision, decide
+from skin_model.trust.triage import TriageRule
 
 if TYPE_CHECKING:  # Grad-CAM (with torchvision and OpenCV) loads only once a heatmap is asked for
     from skin_model.explain.cam import Explainer, Heatmap
@@ -39,10 +41,11 @@ DEFAULT_INCONCLUSIVE_BELOW = 0.5
 
 @dataclass
 class Prediction:
-    """Per-photo probabilities (time order) and, for two or more photos, the sequence's.
+    """Per-photo probabilities (time order) and, for two or more accepted photos, the sequence's.
 
     `sequence_photos` are the indices of the photos the sequence read (the last
-    `max_sequence` that passed the out-of-distribution check)."""
+    `max_sequence` that passed the out-of-distribution check). What each means for the
+    user comes from `decision(i)` and `sequence_decision()` (trust.decision.decide)."""
 
     photos: list[dict[str, float]]
     sequence: dict[str, float] | None
@@ -51,6 +54,7 @@ class Prediction:
     classes: tuple[str, ...] = field(default=CLASSES)
     sequence_method: str | None = None  # how the sequence combined the photos, in words (reports quote it)
     sequence_photos: list[int] = field(default_factory=list)
+    triage: TriageRule | None = None
 
     @staticmethod
     def top(probs: dict[str, float]) -> tuple[str, float]:
@@ -66,16 +70,30 @@ class Prediction:
         verdict = self.ood[i] if i < len(self.ood) else None
         return verdict.message if verdict is not None and verdict.rejected else None
 
+    def decision(self, i: int) -> Decision:
+        """What photo i means for the user (refused, see a dermatologist, answered, inconclusive)."""
+        return decide(self.photos[i], self.inconclusive_below, self.triage, self.rejected(i))
+
+    def sequence_decision(self) -> Decision | None:
+        """What the lesion's sequence means for the user (None without a sequence)."""
+        return None if self.sequence is None else decide(self.sequence, self.inconclusive_below, self.triage)
+
     def status(self, i: int) -> str:
-        """"out_of_distribution", "inconclusive" or "answered" for photo i."""
-        if self.rejected(i):
-            return "out_of_distribution"
-        return "inconclusive" if self.is_inconclusive(self.photos[i]) else "answered"
+        """The status of photo i's decision (one of trust.decision.STATUSES)."""
+        return self.decision(i).status
+
+    def answered_any(self) -> bool:
+        """True when at least one photo passed the out-of-distribution check (reports need one)."""
+        return any(self.rejected(i) is None for i in range(len(self.photos)))
 
     def to_dict(self) -> dict[str, Any]:
+        seq = self.sequence_decision()
         return {"classes": list(self.classes), "photos": self.photos, "sequence": self.sequence,
                 "sequence_photos": self.sequence_photos, "inconclusive_below": self.inconclusive_below,
-                "status": [self.status(i) for i in range(len(self.photos))]}
+                "triage": self.triage.to_json() if self.triage else None,
+                "status": [self.status(i) for i in range(len(self.photos))],
+                "decisions": [self.decision(i).to_dict() for i in range(len(self.photos))],
+                "sequence_decision": seq.to_dict() if seq else None}
 
 
 @dataclass
@@ -124,15 +142,28 @@ class Predictor:
 
     @property
     def sequence_method(self) -> str:
-        """How the sequence prediction combines the photos, in words for the app."""
+        """Exactly how the sequence's probabilities are computed from the photos', in words for the
+        app and the reports (so a caption never says "the mean" of numbers that are not the mean)."""
         sharp, mix = float(self.model.sequence_sharpness), float(self.model.sequence_mix)
-        pooled = ("the mean of the photos' probabilities, clearer (more confident) photos weighing more" if sharp > 0
-                  else "the mean of the photos' probabilities")
-        return pooled + (", corrected by an LSTM that reads them in time order" if mix > 0 else "")
+        temperature = float(self.model.sequence_temperature)
+        bias = self.model.sequence_bias.abs().max().item()
+        pooled = ("a weighted mean of the photos' probabilities, clearer (more confident) photos weighing more"
+                  if sharp > 0 else "the mean of the photos' probabilities")
+        if mix > 0:
+            pooled += ", corrected by an LSTM that reads them in time order"
+        if abs(temperature - 1) > 1e-6 or bias > 1e-6:
+            pooled += (f", then recalibrated on validation lesions (temperature {temperature:.2f}"
+                       + (", prior correction" if bias > 1e-6 else "") + "), so it is not exactly that mean")
+        return pooled
 
     @property
     def inconclusive_below(self) -> float:
         return self.card.trust.inconclusive_below
+
+    @property
+    def triage(self) -> TriageRule | None:
+        """The card's "see a dermatologist" rule (None for weights fitted before triage existed)."""
+        return self.card.trust.triage
 
     def _meta(self, n: int, age: float | None, sex: str | None, site: str | None) -> torch.Tensor | None:
         if age is None and not sex and not site:
@@ -153,20 +184,20 @@ class Predictor:
         verdicts = self.check(photos, encoded.features)
         accepted = [i for i, v in enumerate(verdicts) if v is None or not v.rejected][-self.card.max_sequence:]
         seq = None
-        if accepted and (sequence or (sequence is None and len(photos) > 1)):
+        if len(accepted) > 1 and sequence is not False:  # one accepted photo is a photo, not a sequence
             raw = engine.sequence_logits(self.model, encoded.features, encoded.logits, [accepted])
             seq = _probs(engine.shown_probabilities(self.model, raw, "sequence"))[0]
         return Prediction(photos=shown, sequence=seq, inconclusive_below=self.inconclusive_below, ood=verdicts,
                           sequence_method=self.sequence_method if seq is not None else None,
-                          sequence_photos=accepted if seq is not None else [])
+                          sequence_photos=accepted if seq is not None else [], triage=self.triage)
 
     def predict(self, images: Sequence[ImageSource], age: float | None = None, sex: str | None = None,
                 site: str | None = None, sequence: bool | None = None) -> Prediction:
         """Score photos given in time order.
 
-        Each photo gets its own probabilities and out-of-distribution verdict; with
-        two or more photos (or `sequence=True`) the last MAX_SEQUENCE photos that
-        passed the check are also read as one lesion.
+        Each photo gets its own probabilities and out-of-distribution verdict; when two or
+        more photos pass the check (and `sequence` is not False), the last MAX_SEQUENCE of
+        them are also read as one lesion.
         """
         photos = self._decoded(images)
         encoded = engine.encode(self.model, photos, self._meta(len(photos), age, sex, site))
@@ -191,7 +222,8 @@ class Predictor:
         parts = [self.predict(images[start:start + batch_size], sequence=False, **context)
                  for start in range(0, len(images), batch_size)]
         return Prediction(photos=[p for part in parts for p in part.photos], sequence=None,
-                          inconclusive_below=self.inconclusive_below, ood=[v for part in parts for v in part.ood])
+                          inconclusive_below=self.inconclusive_below, ood=[v for part in parts for v in part.ood],
+                          triage=self.triage)
 
 
 def load_predictor(weights: str | Path | None = None, device: str | torch.device | None = None) -> Predictor:

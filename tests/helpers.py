@@ -28,6 +28,11 @@ DEFAULT_HAM_DIR = REPO.parent / "shared" / "ham10000"
 SKIN = (226, 178, 152)
 BROWN = (96, 58, 36)
 
+# Out-of-distribution thresholds (a card's trust.ood) that refuse blank or uniform images and nothing else
+# (the feature check is off): a test gets refused photos without fitting the check.
+QUALITY_ONLY_OOD = {"feature_distance": 1e12, "min_contrast": 5.0, "min_sharpness": 0.0,
+                    "min_brightness": 1.0, "max_brightness": 254.0}
+
 
 def make_lesion_photo(size: tuple[int, int] = (200, 150), centre: tuple[float, float] = (0.5, 0.5),
                       radii: tuple[float, float] = (0.25, 0.2), skin: tuple[int, int, int] = SKIN,

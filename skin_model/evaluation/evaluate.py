@@ -21,7 +21,7 @@ from skin_model.io.images import load_image
 from skin_model.metrics import TABLE_METRICS, auc_ovr, bootstrap_intervals, classification_report, reliability
 from skin_model.model.card import ModelCard
 from skin_model.model.network import SkinLesionNet
-from skin_model.trust import abstain, ood
+from skin_model.trust import abstain, ood, triage
 
 
 def photo_outputs(model: SkinLesionNet, images: list[Image.Image], meta: np.ndarray | None = None,
@@ -115,10 +115,12 @@ def evaluate_split(model: SkinLesionNet, ham: Ham10000, split: str = "test", see
     report: dict[str, Any] = {"split": split, "n_photos": len(table), "n_lesions": int(table.lesion_id.nunique()),
                               "single_photo": {}, "with_patient_context": {}}
     base_feats = base_logits = None
+    framing_probs = {}
     for name, variant in VARIANTS.items():
         imgs = [variant(p) for p in photos]
         feats, logits = photo_outputs(model, imgs)
-        report["single_photo"][name] = classification_report(calibrated_probs(model, logits, "photo"), labels)
+        framing_probs[name] = calibrated_probs(model, logits, "photo")
+        report["single_photo"][name] = classification_report(framing_probs[name], labels)
         _, logits_meta = photo_outputs(model, imgs, meta=meta)
         report["with_patient_context"][name] = classification_report(calibrated_probs(model, logits_meta, "photo"), labels)
         if name == "full":
@@ -148,7 +150,27 @@ def evaluate_split(model: SkinLesionNet, ham: Ham10000, split: str = "test", see
     if card is not None:
         report["abstention"] = {**abstain.answered_report(photo_probs, labels, card.trust.inconclusive_below),
                                 "risk_coverage": abstain.risk_coverage(photo_probs, labels)}
+    if card is not None and card.trust.triage is not None:
+        report["triage"] = triage_report(card.trust.triage, framing_probs, labels, table.lesion_id.to_numpy(),
+                                         seq_probs if groups else None, lesion_labels)
     return report
+
+
+def triage_report(rule: triage.TriageRule, framing_probs: dict[str, np.ndarray], labels: np.ndarray,
+                  lesion_ids: np.ndarray, sequence_probs: np.ndarray | None, lesion_labels: np.ndarray) -> dict[str, Any]:
+    """Sensitivity and specificity of the "see a dermatologist" flag at the card's threshold, with
+    lesion-bootstrap 95% intervals: per photo in each framing, and per multi-photo lesion's sequence."""
+    truth = triage.is_malignant(labels, CLASSES, rule.malignant)
+    out: dict[str, Any] = {"threshold": rule.threshold, "target_sensitivity": rule.target_sensitivity,
+                           "malignant": list(rule.malignant), "single_photo": {}}
+    for name, probs in framing_probs.items():
+        out["single_photo"][name] = triage.operating_point(
+            triage.malignant_probability(probs, CLASSES, rule.malignant), truth, rule.threshold, lesion_ids)
+    if sequence_probs is not None and len(sequence_probs):
+        out["multi_photo_lesions_sequence"] = triage.operating_point(
+            triage.malignant_probability(sequence_probs, CLASSES, rule.malignant),
+            triage.is_malignant(lesion_labels, CLASSES, rule.malignant), rule.threshold)
+    return out
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -165,6 +187,13 @@ def format_table(report: dict[str, Any]) -> str:
         a = report["abstention"]
         lines += ["", f"inconclusive below {a['threshold']:.3f}: answers {a['coverage']:.1%} of photos, balanced "
                       f"accuracy {a['balanced_accuracy_answered']:.4f}, accuracy {a['accuracy_answered']:.4f} on those"]
+    if "triage" in report:
+        t = report["triage"]
+        lines += ["", f"see a dermatologist when P(malignant) >= {t['threshold']:.3f} "
+                      f"(chosen on validation for sensitivity >= {t['target_sensitivity']:.2f}):"]
+        for name, op in t["single_photo"].items():
+            lines.append(f"  {name:12s} sensitivity {op['sensitivity']:.3f} ({_span(op['sensitivity_interval'])}), "
+                         f"specificity {op['specificity']:.3f} ({_span(op['specificity_interval'])})")
     full = report["single_photo"]["full"]
     lines += ["", f"{'class':8s}{'recall':>10s}{'precision':>11s}{'auc':>8s}{'support':>9s}"]
     for c, r in full["per_class"].items():
@@ -173,6 +202,10 @@ def format_table(report: dict[str, Any]) -> str:
     for c, r in zip(CLASSES, full["confusion_matrix"]):
         lines.append(f"{c:8s}" + "".join(f"{v:>7d}" for v in r))
     return "\n".join(lines)
+
+
+def _span(interval: list[float] | None) -> str:
+    return f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else "no interval"
 
 
 def to_json(report: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
-"""What the PDF report, the FHIR bundle and the CSV export share: a photo's status and why it was
-rejected, how a photo is embedded, and how a date is written."""
+"""What the PDF report, the FHIR bundle, the CSV export and the app share: how a photo is embedded,
+and how a date (or a visit without one) is written."""
 
 from __future__ import annotations
 
@@ -10,20 +10,6 @@ from typing import Any
 from PIL import Image
 
 JPEG_QUALITY = 90
-
-
-def photo_status(prediction: Any, i: int) -> str:
-    """"answered", "inconclusive" or "out_of_distribution" for photo i of a Prediction."""
-    status = getattr(prediction, "status", None)
-    if callable(status):
-        return str(status(i))
-    return "inconclusive" if prediction.is_inconclusive(prediction.photos[i]) else "answered"
-
-
-def rejection(prediction: Any, i: int) -> str | None:
-    """Why photo i got no diagnosis (out of distribution), or None."""
-    rejected = getattr(prediction, "rejected", None)
-    return rejected(i) if callable(rejected) else None
 
 
 def jpeg(photo: Image.Image, max_side: int) -> tuple[bytes, tuple[int, int]]:
@@ -44,3 +30,21 @@ def iso_date(value: Any) -> str | None:
     if isinstance(value, datetime.date):
         return value.isoformat()
     return None
+
+
+ENTERED_MARK = "(entered)"  # after a date the user typed in: the photo's file did not hold it
+
+
+def date_label(value: Any, entered: bool = False) -> str | None:
+    """A photo's date as charts and tables show it, marked when the user entered it rather than the file
+    recording it (a reader must never take a typed-in date for the camera's); None without a date."""
+    when = iso_date(value)
+    if when is None:
+        return None
+    return f"{when} {ENTERED_MARK}" if entered else when
+
+
+def visit_label(i: int, value: Any, entered: bool = False) -> str:
+    """How visit i (from 0) is named: its date (see `date_label`), else its place in the order, "visit 3".
+    A photo without a date never gets a made-up one."""
+    return date_label(value, entered) or f"visit {i + 1}"

@@ -9,14 +9,20 @@ the R4-compatible release: the package's top-level modules are R5 since version
   research-demo disclaimer, the model version and weights sha256 as extensions,
   optionally the PDF report as presentedForm);
 - a Device for the model (name, version, weights sha256);
-- one Media per photo (base64 JPEG, at most `max_side` pixels a side);
+- one Media per photo (base64 JPEG, at most `max_side` pixels a side; a date the user
+  entered, rather than one read from the photo's file, is marked in its note);
 - one Observation per class probability per photo (valueQuantity in %, code =
   the HAM10000 class code with its full name), and the same set for the
   sequence when the photos were read as one lesion;
-- one "analysis status" Observation per photo (and for the sequence):
-  answered, inconclusive (top class below the model's threshold) or
-  out_of_distribution (no diagnosis: the photo is not a usable dermatoscopic
-  photo; such photos get no probability Observations).
+- one "analysis status" Observation per photo (and for the sequence): the decision
+  the app shows (skin_model.trust.decision): see_dermatologist (the probability of a
+  malignant lesion is at or above the triage threshold), answered, inconclusive (top
+  class below the model's threshold) or out_of_distribution (no diagnosis: the photo is
+  not a usable dermatoscopic photo; such photos get no probability Observations), with
+  the decision's headline and detail as its note; and, with a triage rule, one
+  "probability of a malignant lesion" Observation.
+
+The conclusion is the decisions' headlines, word for word as the app and the PDF give them.
 """
 
 from __future__ import annotations
@@ -42,16 +48,20 @@ from fhir.resources.R4B.reference import Reference
 from PIL import Image
 
 from skin_model.constants import CLASS_NAMES, CLASSES, DISCLAIMER, MALIGNANT
-from skin_model.interop.common import iso_date, jpeg, photo_status, rejection
+from skin_model.interop.common import iso_date, jpeg
 from skin_model.model.card import ModelCard
+from skin_model.trust.decision import Decision
 
 FHIR_VERSION = "4.3.0 (R4B)"
 REPORT_TEXT = "Dermatoscopic image analysis (research demo)"
 CLASS_SYSTEM = "urn:skin-model:ham10000-diagnosis"
 STATUS_SYSTEM = "urn:skin-model:analysis-status"
+TRIAGE_SYSTEM = "urn:skin-model:triage"
 EXTENSION_BASE = "urn:skin-model:fhir:"
 UCUM = "http://unitsofmeasure.org"
+ENTERED_NOTE = "Its date was entered by the user, not read from the photo's file."
 STATUS_TEXT = {
+    "see_dermatologist": "See a dermatologist (probability of a malignant lesion at or above the triage threshold)",
     "answered": "Answered (top class at or above the confidence threshold)",
     "inconclusive": "Inconclusive (top class below the confidence threshold)",
     "out_of_distribution": "Not analysed (not a usable dermatoscopic photo)",
@@ -89,36 +99,51 @@ def _probability_observations(probs: dict[str, float], derived: list[Reference],
     ]
 
 
-def _status_observation(status: str, threshold: float, derived: list[Reference], device: Reference, method: str,
-                        note: str, effective: str | None) -> Observation:
-    return Observation(
+def _decision_observations(decision: Decision, derived: list[Reference], device: Reference, method: str,
+                           note: str, effective: str | None) -> list[Observation]:
+    """The decision as the app shows it (status, headline, detail) and, when triage applies,
+    the probability of a malignant lesion with its flag."""
+    status = decision.status
+    out = [Observation(
         id=_uid(), status="preliminary",
         code=CodeableConcept(text="Analysis status"),
         valueCodeableConcept=CodeableConcept(
-            coding=[Coding(system=STATUS_SYSTEM, code=status, display=STATUS_TEXT[status])], text=STATUS_TEXT[status]),
+            coding=[Coding(system=STATUS_SYSTEM, code=status, display=STATUS_TEXT[status])], text=decision.headline),
         method=CodeableConcept(text=method), device=device, derivedFrom=derived, effectiveDateTime=effective,
-        note=[{"text": f"{note} Confidence threshold: top class at least {100 * threshold:.0f}%."}],
-    )
-
-
-def _top_line(probs: dict[str, float]) -> str:
-    code = max(probs, key=probs.__getitem__)
-    return f"{CLASS_NAMES[code]} ({code}) {100 * probs[code]:.1f}%"
+        note=[{"text": f"{note} {decision.headline}. {decision.detail}"}],
+    )]
+    if decision.malignant_probability is not None:
+        out.append(Observation(
+            id=_uid(), status="preliminary",
+            code=CodeableConcept(coding=[Coding(system=TRIAGE_SYSTEM, code="p_malignant",
+                                                display="Probability of a malignant lesion")],
+                                 text="Probability of a malignant lesion (akiec + bcc + mel)"),
+            valueQuantity=Quantity(value=round(100.0 * decision.malignant_probability, 2), unit="%", system=UCUM,
+                                   code="%"),
+            interpretation=[CodeableConcept(text="see a dermatologist" if decision.refer
+                                            else "below the triage threshold")],
+            method=CodeableConcept(text=method), device=device, derivedFrom=derived, effectiveDateTime=effective,
+            note=[{"text": decision.detail}],
+        ))
+    return out
 
 
 def diagnostic_report(prediction: Any, photos: Sequence[Image.Image], names: Sequence[str], card: ModelCard,
                       dates: Sequence[Any] | None = None, pdf: bytes | None = None,
-                      max_side: int = 1024) -> dict[str, Any]:
+                      max_side: int = 1024, dates_entered: Sequence[bool] | None = None) -> dict[str, Any]:
     """The FHIR Bundle (as JSON-ready dict) for photos of one lesion scored by `prediction`.
 
     `prediction` is a :class:`skin_model.predict.Prediction` for `photos` (same order);
     `card` the model card (its name, version and sha256 are recorded); `dates` the
-    photo dates (date or None each); `pdf` an optional PDF report to attach.
+    photo dates (date or None each) and `dates_entered` which of them the user typed in (they are
+    marked: a reader must not take them for the camera's); `pdf` an optional PDF report to attach.
     """
     if len(photos) != len(names) or len(photos) != len(prediction.photos):
         raise ValueError("photos, names and prediction.photos must have the same length")
     dates = list(dates) if dates is not None else [None] * len(photos)
-    threshold = float(getattr(prediction, "inconclusive_below", 0.5))
+    entered = list(dates_entered) if dates_entered is not None else [False] * len(photos)
+    if len(dates) != len(photos) or len(entered) != len(photos):
+        raise ValueError("dates and dates_entered must have one entry per photo")
     name, version, sha = card.identity()
 
     device_id = _uid()
@@ -137,10 +162,12 @@ def diagnostic_report(prediction: Any, photos: Sequence[Image.Image], names: Seq
     report_media: list[DiagnosticReportMedia] = []
     observations: list[tuple[Observation, str]] = []  # with the display used in DiagnosticReport.result
     lines: list[str] = []
+    decisions: list[Decision] = []
     for i, (photo, label) in enumerate(zip(photos, names)):
         data, (width, height) = jpeg(photo, max_side)
         media_id = _uid()
         effective = iso_date(dates[i])
+        date_note = ENTERED_NOTE if effective and entered[i] else None
         media = Media(
             id=media_id, status="completed",
             type=CodeableConcept(coding=[Coding(system="http://terminology.hl7.org/CodeSystem/media-type",
@@ -149,43 +176,43 @@ def diagnostic_report(prediction: Any, photos: Sequence[Image.Image], names: Seq
             createdDateTime=effective, width=width, height=height, frames=1,
             content=Attachment(contentType="image/jpeg", data=base64.b64encode(data).decode("ascii"),
                                title=label, size=len(data)),
+            note=[{"text": date_note}] if date_note else None,
         )
         entries.append(media)
         ref = _ref(media_id, label)
         media_refs.append(ref)
         report_media.append(DiagnosticReportMedia(comment=label, link=ref))
-        status = photo_status(prediction, i)
-        note = f"Photo {i + 1} of {len(photos)}: {label}."
-        if status == "out_of_distribution":
-            reason = rejection(prediction, i) or STATUS_TEXT[status]
-            lines.append(f"{label}: {reason}")
-            note = f"{note} {reason}"
-        else:
-            probs = prediction.photos[i]
+        decision = prediction.decision(i)
+        decisions.append(decision)
+        note = f"Photo {i + 1} of {len(photos)}: {label}." + (f" {date_note}" if date_note else "")
+        if decision.status != "out_of_distribution":
             observations += [(o, f"{label}: {o.code.text}") for o in
-                             _probability_observations(probs, [ref], device_ref, "Single photo (CNN)", note, effective)]
-            lines.append(f"{label}: {_top_line(probs)}" + (" - inconclusive" if status == "inconclusive" else ""))
-        observations.append((_status_observation(status, threshold, [ref], device_ref, "Single photo (CNN)", note,
-                                                 effective), f"{label}: analysis status"))
+                             _probability_observations(prediction.photos[i], [ref], device_ref, "Single photo (CNN)",
+                                                       note, effective)]
+        lines.append(f"{label}: {decision.headline}")
+        observations += [(o, f"{label}: {o.code.text}") for o in
+                         _decision_observations(decision, [ref], device_ref, "Single photo (CNN)", note, effective)]
 
     sequence = getattr(prediction, "sequence", None)
     if sequence:
+        read = len(getattr(prediction, "sequence_photos", None) or photos)
         how = getattr(prediction, "sequence_method", None) or "the photos' probabilities pooled"
-        method = f"Sequence of {len(photos)} photos of one lesion, in time order: {how}"
+        method = f"Sequence of {read} photos of one lesion, in time order: {how}"
         note = "Sequence prediction over the photos that were analysed, in time order."
         last = next((iso_date(d) for d in reversed(dates) if iso_date(d)), None)
         observations += [(o, f"sequence: {o.code.text}") for o in
                          _probability_observations(sequence, media_refs, device_ref, method, note, last)]
-        seq_status = "inconclusive" if prediction.is_inconclusive(sequence) else "answered"
-        observations.append((_status_observation(seq_status, threshold, media_refs, device_ref, method, note, last),
-                             "sequence: analysis status"))
-        lines.insert(0, f"Sequence of {len(photos)} photos: {_top_line(sequence)}"
-                        + (" - inconclusive" if seq_status == "inconclusive" else ""))
+        seq_decision = prediction.sequence_decision()
+        observations += [(o, f"sequence: {o.code.text}") for o in
+                         _decision_observations(seq_decision, media_refs, device_ref, method, note, last)]
+        lines.insert(0, f"Sequence of {read} photos: {seq_decision.headline}")
+        decisions.insert(0, seq_decision)
     entries += [o for o, _ in observations]
 
-    top = sequence or next((p for i, p in enumerate(prediction.photos)
-                            if photo_status(prediction, i) != "out_of_distribution"), None)
-    conclusion = "Most likely class - " + "; ".join(lines) + f". Model {name} {version}. {DISCLAIMER}"
+    # the conclusion's code is what the headline names: the suspected malignant class when referred
+    lead = next((d for d in decisions if d.status != "out_of_distribution"), None)
+    code = (lead.suspect or lead.top) if lead else None
+    conclusion = "; ".join(lines) + f". Model {name} {version}. {DISCLAIMER}"
     report = DiagnosticReport(
         id=_uid(), status="preliminary",
         code=CodeableConcept(text=REPORT_TEXT),
@@ -195,7 +222,7 @@ def diagnostic_report(prediction: Any, photos: Sequence[Image.Image], names: Seq
         result=[_ref(o.id, display) for o, display in observations],
         media=report_media,
         conclusion=conclusion,
-        conclusionCode=[_class_concept(max(top, key=top.__getitem__))] if top else None,
+        conclusionCode=[_class_concept(code)] if code else None,
         presentedForm=[Attachment(contentType="application/pdf", data=base64.b64encode(pdf).decode("ascii"),
                                   title="Skin-lesion analysis report (PDF)")] if pdf else None,
         extension=[Extension(url=EXTENSION_BASE + "model-name", valueString=name),

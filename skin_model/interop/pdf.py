@@ -1,6 +1,8 @@
 """A printable PDF report of a prediction (fpdf2; no matplotlib).
 
-    >>> pdf = pdf_report(prediction, photos, names, predictor.card, heatmaps=overlays, dates=dates)
+    >>> analysis = predictor.analyse(photos, method="Grad-CAM")
+    >>> pdf = pdf_report(analysis.prediction, photos, names, predictor.card, heatmaps=analysis.heatmaps,
+    ...                  opacity=0.45, dates=dates)
     >>> Path("report.pdf").write_bytes(pdf)
 
 The report has a title and generation date, the research-demo disclaimer (also in
@@ -8,8 +10,11 @@ every page footer), the model name, version and weights sha256, the sequence
 prediction with an evolution chart (per-visit class probabilities, drawn with
 fpdf's vector primitives) when there are several photos, and for each photo the
 photo beside its heatmap overlay, its status and a probability table (full class
-names, malignant classes marked). What it shares with the FHIR and CSV exports is in
-`interop.common`.
+names, malignant classes marked). The report draws each overlay itself, at the opacity it
+is given, and its caption names the method, the class explained and that opacity, so the
+caption cannot describe another heatmap than the one printed. A date the user typed in
+(not read from the photo's file) is marked as such. What it shares with the FHIR and CSV
+exports is in `interop.common`.
 """
 
 from __future__ import annotations
@@ -17,15 +22,19 @@ from __future__ import annotations
 import datetime
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 from PIL import Image
 
 from skin_model.constants import CLASS_NAMES, CLASSES, DISCLAIMER, MALIGNANT
-from skin_model.interop.common import iso_date, jpeg, photo_status, rejection
+from skin_model.interop.common import ENTERED_MARK, iso_date, jpeg, visit_label
 from skin_model.model.card import ModelCard
+from skin_model.trust.decision import Decision, percent
+
+if TYPE_CHECKING:  # Grad-CAM (torch, OpenCV) is not needed to write a report
+    from skin_model.explain.cam import Heatmap
 
 TITLE = "Skin-lesion analysis report"
 # One colour per class (malignant classes in warm colours), used by the chart and its legend.
@@ -33,13 +42,10 @@ CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     "akiec": (255, 127, 14), "bcc": (148, 52, 110), "bkl": (140, 86, 75), "df": (44, 160, 44),
     "mel": (214, 39, 40), "nv": (31, 119, 180), "vasc": (23, 190, 207),
 }
-STATUS_LABEL = {
-    "answered": "",
-    "inconclusive": "INCONCLUSIVE: the top class is below the model's confidence threshold",
-    "out_of_distribution": "NOT ANALYSED",
-}
 EMBED_MAX_SIDE = 800  # pixels; photos are downscaled before embedding to keep the file small
 PAIR_GAP = 6.0  # mm between a photo and its heatmap
+PAIR_CAPTIONS = 10.0  # mm below a photo pair for the captions
+DEFAULT_OPACITY = 0.45  # the heatmap opacity when the caller does not say (the app's slider starts there)
 ROW = 5.5  # mm, probability table row height
 
 
@@ -99,7 +105,7 @@ def _probability_table(pdf: FPDF, probs: dict[str, float]) -> None:
     pdf.ln(2)
 
 
-def _chart(pdf: FPDF, series: list[dict[str, float] | None], labels: list[str]) -> None:
+def _chart(pdf: FPDF, series: list[dict[str, float] | None], labels: list[str], note: str = "") -> None:
     """Per-visit probability of each class as lines (gaps where a photo was not analysed)."""
     height, left_pad = 62.0, 12.0
     _ensure_space(pdf, height + 22)
@@ -151,7 +157,7 @@ def _chart(pdf: FPDF, series: list[dict[str, float] | None], labels: list[str]) 
     pdf.set_xy(pdf.l_margin, y0 + height + 7)
     pdf.set_font("Helvetica", "I", 7)
     pdf.multi_cell(0, 3.5, "Per-visit probability of each class (single-photo predictions, in time order). "
-                           "Thicker lines: malignant classes. Gaps: photos that were not analysed.",
+                           "Thicker lines: malignant classes. Gaps: photos that were not analysed." + note,
                    new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_font("Helvetica", "", 9)
     pdf.ln(2)
@@ -168,42 +174,72 @@ def _pair_size(pdf: FPDF, photo: Image.Image) -> tuple[float, float]:
     return photo.width * scale, photo.height * scale
 
 
-def _photo_pair(pdf: FPDF, photo: Image.Image, overlay: Image.Image | None) -> None:
+def _heatmap_caption(heat: Heatmap, probs: dict[str, float], opacity: float) -> str:
+    """What the overlay shows: its method, the class it explains (and whether that is the most likely one)
+    and the opacity it is drawn at."""
+    which = "the most likely class" if heat.target == max(probs, key=probs.__getitem__) else "not the most likely class"
+    return (f"Heatmap: {heat.method} for {CLASS_NAMES[heat.target]} ({heat.target}), {which}, "
+            f"opacity {opacity:.0%}: where the model looked for that class")
+
+
+def _photo_pair(pdf: FPDF, photo: Image.Image, overlay: Image.Image | None, caption: str) -> None:
     box_w = (pdf.epw - PAIR_GAP) / 2
     gap = PAIR_GAP
     w, h = _pair_size(pdf, photo)
-    _ensure_space(pdf, h + 8)
+    _ensure_space(pdf, h + PAIR_CAPTIONS)
     y = pdf.get_y()
     pdf.image(_embed(photo), x=pdf.l_margin, y=y, w=w, h=h)
     pdf.set_font("Helvetica", "I", 7)
     pdf.set_xy(pdf.l_margin, y + h + 0.5)
     pdf.cell(w, 4, "Photo")
+    bottom = y + h + 4.5
     if overlay is not None:
         pdf.image(_embed(overlay), x=pdf.l_margin + box_w + gap, y=y, w=w, h=h)
         pdf.set_xy(pdf.l_margin + box_w + gap, y + h + 0.5)
-        pdf.cell(w, 4, "Heatmap (Grad-CAM): regions that drove the predicted class")
+        pdf.multi_cell(box_w, 3.5, _t(caption), new_x=XPos.LEFT, new_y=YPos.NEXT)
+        bottom = max(bottom, pdf.get_y())
     pdf.set_font("Helvetica", "", 9)
-    pdf.set_xy(pdf.l_margin, y + h + 6)
+    pdf.set_xy(pdf.l_margin, bottom + 1.5)
+
+
+def _decision(pdf: FPDF, decision: Decision) -> None:
+    """The decision's headline (red when it refers the lesion or refuses the photo) and its detail,
+    word for word as the app and the FHIR report give them."""
+    alarm = decision.status in ("see_dermatologist", "out_of_distribution")
+    pdf.set_text_color(*((160, 20, 20) if alarm else (0, 0, 0)))
+    pdf.set_font("Helvetica", "B", 10)
+    pdf.multi_cell(0, 5.5, _t(decision.headline), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_text_color(0, 0, 0)
+    pdf.set_font("Helvetica", "", 8.5)
+    pdf.multi_cell(0, 4.5, _t(decision.detail), align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_font("Helvetica", "", 9)
+    pdf.ln(1)
 
 
 def pdf_report(prediction: Any, photos: Sequence[Image.Image], names: Sequence[str], card: ModelCard,
-               heatmaps: Sequence[Image.Image | None] | None = None, dates: Sequence[Any] | None = None,
-               generated: datetime.datetime | None = None) -> bytes:
+               heatmaps: Sequence[Heatmap | None] | None = None, dates: Sequence[Any] | None = None,
+               generated: datetime.datetime | None = None, opacity: float = DEFAULT_OPACITY,
+               dates_entered: Sequence[bool] | None = None) -> bytes:
     """The PDF report (bytes) for photos scored by `prediction` (a skin_model Prediction).
 
-    `heatmaps` are overlays (PIL images, e.g. ``Heatmap.overlay(photo)``) aligned with
-    `photos`, or None; `dates` the photo dates (date or None each); `card` the model card.
+    `heatmaps` are the heatmaps shown with `photos` (skin_model Heatmaps, each knowing its method
+    and class; None where there is none), drawn over the photos at `opacity`, the opacity the user
+    saw. Photos refused by the out-of-distribution check get none. `dates` are the photo dates
+    (date or None each), `dates_entered` which of them the user typed in rather than the file
+    holding them; `card` is the model card.
     """
     if len(photos) != len(names) or len(photos) != len(prediction.photos):
         raise ValueError("photos, names and prediction.photos must have the same length")
     heatmaps = list(heatmaps) if heatmaps is not None else [None] * len(photos)
     dates = list(dates) if dates is not None else [None] * len(photos)
-    if len(heatmaps) != len(photos) or len(dates) != len(photos):
-        raise ValueError("heatmaps and dates must have one entry per photo")
+    entered = list(dates_entered) if dates_entered is not None else [False] * len(photos)
+    if len(heatmaps) != len(photos) or len(dates) != len(photos) or len(entered) != len(photos):
+        raise ValueError("heatmaps, dates and dates_entered must have one entry per photo")
+    opacity = min(1.0, max(0.0, float(opacity)))  # what Heatmap.overlay draws, so what the caption says
     generated = generated or datetime.datetime.now(datetime.timezone.utc)
     name, version, sha = card.identity()
     threshold = float(getattr(prediction, "inconclusive_below", 0.5))
-    statuses = [photo_status(prediction, i) for i in range(len(photos))]
+    statuses = [prediction.status(i) for i in range(len(photos))]
 
     pdf = _Report(format="A4")
     pdf.set_auto_page_break(True, margin=16)
@@ -230,8 +266,11 @@ def pdf_report(prediction: Any, photos: Sequence[Image.Image], names: Sequence[s
     pdf.ln(3)
 
     _heading(pdf, "Model")
+    triage = getattr(prediction, "triage", None)
+    rule = (f" Seeing a dermatologist is advised when the probability of a malignant lesion ({' + '.join(triage.malignant)}) "
+            f"is at least {percent(triage.threshold)} ({triage.operating_point()})." if triage else "")
     pdf.multi_cell(0, 4.5, _t(f"{name}, version {version}. A photo is inconclusive when its top class is below "
-                              f"{100 * threshold:.0f}%."), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+                              f"{percent(threshold)}.{rule}"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_font("Courier", "", 8)
     pdf.cell(0, 4.5, _t(f"weights sha256: {sha}"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_font("Helvetica", "", 9)
@@ -239,12 +278,9 @@ def pdf_report(prediction: Any, photos: Sequence[Image.Image], names: Sequence[s
 
     sequence = getattr(prediction, "sequence", None)
     if sequence:
-        code = max(sequence, key=sequence.__getitem__)
-        _heading(pdf, f"Sequence prediction ({len(photos)} photos of one lesion, in time order)")
-        pdf.multi_cell(0, 5, _t(f"Most likely: {CLASS_NAMES[code]} ({code}), {100 * sequence[code]:.1f}%"
-                                + (" - malignant class" if code in MALIGNANT else "")
-                                + (". " + STATUS_LABEL["inconclusive"] if prediction.is_inconclusive(sequence) else "")),
-                       align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+        read = len(getattr(prediction, "sequence_photos", None) or photos)
+        _heading(pdf, f"Sequence prediction ({read} photos of one lesion, in time order)")
+        _decision(pdf, prediction.sequence_decision())
         how = getattr(prediction, "sequence_method", None)
         if how:
             pdf.multi_cell(0, 5, _t(f"How the photos are combined: {how}."), align="L",
@@ -252,29 +288,25 @@ def pdf_report(prediction: Any, photos: Sequence[Image.Image], names: Sequence[s
         _probability_table(pdf, sequence)
     if len(photos) > 1:
         _heading(pdf, "Evolution across visits")
-        labels = [iso_date(d) or f"visit {i + 1}" for i, d in enumerate(dates)]
+        labels = [visit_label(i, d, e) for i, (d, e) in enumerate(zip(dates, entered))]
         series = [p if s != "out_of_distribution" else None for p, s in zip(prediction.photos, statuses)]
-        _chart(pdf, series, labels)
+        note = (f" Dates marked {ENTERED_MARK} were entered by the user, not read from the photo's file."
+                if any(e and iso_date(d) for d, e in zip(dates, entered)) else "")
+        _chart(pdf, series, labels, note)
 
     for i, (photo, label) in enumerate(zip(photos, names)):
         # heading, photo pair, verdict line and table stay together on one page
-        _ensure_space(pdf, 7 + _pair_size(pdf, photo)[1] + 6 + 10 + ROW * (len(CLASSES) + 1) + 2)
+        _ensure_space(pdf, 7 + _pair_size(pdf, photo)[1] + PAIR_CAPTIONS + 10 + ROW * (len(CLASSES) + 1) + 2)
         when = iso_date(dates[i])
+        when = f"{when}, entered by the user" if when and entered[i] else when
         _heading(pdf, f"Photo {i + 1}: {label}" + (f" ({when})" if when else ""), size=11)
-        _photo_pair(pdf, photo, heatmaps[i])
         status = statuses[i]
+        heat = heatmaps[i] if status != "out_of_distribution" else None  # the app shows none for a refused photo
+        _photo_pair(pdf, photo, heat.overlay(photo, opacity) if heat is not None else None,
+                    _heatmap_caption(heat, prediction.photos[i], opacity) if heat is not None else "")
+        _decision(pdf, prediction.decision(i))
         if status == "out_of_distribution":
-            pdf.set_text_color(160, 20, 20)
-            pdf.multi_cell(0, 5, _t(f"{STATUS_LABEL[status]}: {rejection(prediction, i) or 'no diagnosis is given.'}"),
-                           new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-            pdf.set_text_color(0, 0, 0)
-            pdf.ln(3)
+            pdf.ln(2)
             continue
-        probs = prediction.photos[i]
-        code = max(probs, key=probs.__getitem__)
-        pdf.multi_cell(0, 5, _t(f"Most likely: {CLASS_NAMES[code]} ({code}), {100 * probs[code]:.1f}%"
-                                + (" - malignant class" if code in MALIGNANT else "")
-                                + (". " + STATUS_LABEL[status] if STATUS_LABEL.get(status) else "")),
-                       align="L", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-        _probability_table(pdf, probs)
+        _probability_table(pdf, prediction.photos[i])
     return bytes(pdf.output())

@@ -283,12 +283,14 @@ MAX_SIDE = 1024
 @dataclass
 class Photo:
     """One decoded upload, in memory only. `digest` (sha256 of the uploaded bytes) identifies
-    it for caches and duplicate checks; `date` is when it was taken, if the file says."""
+    it for caches and duplicate checks; `date` is when it was taken, if the file says, or as the
+    user entered it, and then `date_entered` is True: such a date is marked wherever it is shown."""
 
     name: str
     image: Image.Image
     digest: str
     date: datetime.date | None = None
+    date_entered: bool = False
 
 
 def _photo(name: str, data: bytes, digest: str) -> Photo:

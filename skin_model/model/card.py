@@ -18,6 +18,7 @@ from typing import Any
 
 from skin_model import constants as C
 from skin_model.data.config import ConfigError, DataConfig
+from skin_model.trust.triage import TriageRule
 
 
 class CardError(ValueError):
@@ -57,11 +58,13 @@ class DatasetInfo:
 @dataclass(frozen=True)
 class TrustSettings:
     """When an answer is given: below `inconclusive_below` (top-class probability) a photo is
-    inconclusive; `ood` holds the out-of-distribution thresholds (None: no check fitted)."""
+    inconclusive; `ood` holds the out-of-distribution thresholds (None: no check fitted);
+    `triage` the "see a dermatologist" rule (None: fitted before triage existed)."""
 
     inconclusive_below: float = 0.5
     ood: dict[str, float] | None = None
     abstention: dict[str, Any] | None = None
+    triage: TriageRule | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,8 @@ class ModelCard:
             ("classes", self.classes, C.CLASSES), ("class_names", self.class_names, dict(C.CLASS_NAMES)),
             ("malignant", self.malignant, tuple(sorted(C.MALIGNANT))), ("max_sequence", self.max_sequence, C.MAX_SEQUENCE),
             ("meta_dim", self.meta_dim, C.META_DIM)) if mine != code]
+        if self.trust.triage is not None and tuple(sorted(self.trust.triage.malignant)) != tuple(sorted(C.MALIGNANT)):
+            differing.append("triage.malignant")
         known = set(C.BACKBONES) | set(extra_backbones)
         differing += [where for where, name in [("backbone", self.backbone),
                                                  *((f"members[{i}].backbone", m.backbone)
@@ -128,6 +133,8 @@ class ModelCard:
             out["ood"] = self.trust.ood
         if self.trust.abstention is not None:
             out["abstention"] = self.trust.abstention
+        if self.trust.triage is not None:
+            out["triage"] = self.trust.triage.to_json()
         out["data"] = {f.name: getattr(self.data, f.name) for f in fields(DatasetInfo)
                        if getattr(self.data, f.name) is not None}
         out["metrics"] = self.metrics
@@ -159,7 +166,8 @@ class ModelCard:
             known = {f.name for f in fields(DatasetInfo)}
             data = DatasetInfo(**{k: v for k, v in (raw.get("data") or {}).items() if k in known})
             trust = TrustSettings(inconclusive_below=float(raw.get("inconclusive_below", 0.5)), ood=raw.get("ood"),
-                                  abstention=raw.get("abstention"))
+                                  abstention=raw.get("abstention"),
+                                  triage=TriageRule.from_json(raw["triage"]) if raw.get("triage") else None)
             return cls(backbone=raw.get("backbone"), data_config=config, name=str(raw.get("name") or "skin-model"),
                        architecture=str(raw.get("architecture") or ""), members=members, trust=trust, data=data,
                        training=dict(raw.get("training") or {}), metrics=dict(raw.get("metrics") or {}),
@@ -168,5 +176,5 @@ class ModelCard:
                        meta_dim=raw.get("meta_dim"), version=raw.get("version"),
                        weights_file=str(raw.get("weights_file") or C.WEIGHTS_FILE), sha256=raw.get("sha256"),
                        size_bytes=raw.get("size_bytes"))
-        except (TypeError, ValueError, AttributeError, ConfigError) as exc:
+        except (TypeError, ValueError, AttributeError, KeyError, ConfigError) as exc:
             raise CardError(f"the model card cannot be read: {exc}") from None

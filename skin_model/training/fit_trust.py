@@ -1,6 +1,6 @@
 """Fit the post-training trust layer on the lesion-grouped validation split:
-calibration of both heads, the "inconclusive" threshold, and the statistics and
-thresholds of the out-of-distribution check. Training calls it; `skin-model
+calibration of both heads, the "inconclusive" threshold, the "see a dermatologist"
+triage threshold, and the statistics and thresholds of the out-of-distribution check. Training calls it; `skin-model
 calibrate` refits it on existing weights."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import torch
 from tqdm import tqdm
 
 from skin_model import engine
-from skin_model.constants import CLASSES
+from skin_model.constants import CLASSES, MALIGNANT
 from skin_model.data.ham10000 import Ham10000, lesion_groups, training_tables
 from skin_model.data.transforms import VARIANTS
 from skin_model.io.images import load_image
 from skin_model.metrics import expected_calibration_error
 from skin_model.model.network import FEATURE_DIM, SkinLesionNet
-from skin_model.trust import abstain, ood
+from skin_model.trust import abstain, ood, triage
 from skin_model.trust.calibration import fit_calibration, fit_confidence_map, softmax
 
 
@@ -68,7 +68,7 @@ def _set_calibration(model: SkinLesionNet, kind: str, fit: dict[str, Any]) -> No
 @torch.no_grad()
 def fit(model: SkinLesionNet, ham: Ham10000, seed: int = 0, limit: int | None = None) -> dict[str, Any]:
     """Set calibration (temperature, prior correction, confidence map), sequence pooling
-    and OOD buffers in `model`; return the model-card entries.
+    and OOD buffers in `model`; return the model-card entries (`triage` is a TriageRule).
 
     `limit` keeps only that many photos per split (for quick smoke runs)."""
     model.eval()
@@ -84,9 +84,11 @@ def fit(model: SkinLesionNet, ham: Ham10000, seed: int = 0, limit: int | None = 
     val_labels = val_t.label.to_numpy()
     quality_rows, distances = [], []
     val_feats = val_logits = None
+    framing_logits = {}
     for name, variant in VARIANTS.items():
         imgs = [variant(p) for p in val_photos]
         feats, logits = engine.encode(model, imgs).numpy()
+        framing_logits[name] = logits
         if name == "full":
             val_feats, val_logits = feats, logits
         quality_rows += [ood.quality(img) for img in imgs]
@@ -109,6 +111,11 @@ def fit(model: SkinLesionNet, ham: Ham10000, seed: int = 0, limit: int | None = 
     probs = engine.shown_probabilities(model, val_logits, "photo").cpu().numpy()
     photo_fit["val_ece_with_map"] = expected_calibration_error(probs, val_labels)
     choice = abstain.choose_threshold(probs, val_labels)
+    malignant = tuple(sorted(MALIGNANT))
+    rule, triage_val = triage.fit(
+        {name: triage.malignant_probability(engine.shown_probabilities(model, logits, "photo").cpu().numpy(), CLASSES,
+                                            malignant) for name, logits in framing_logits.items()},
+        triage.is_malignant(val_labels, CLASSES, malignant), val_t.lesion_id.to_numpy(), malignant)
 
     def plain(f: dict[str, Any]) -> dict[str, Any]:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.items()}
@@ -118,4 +125,6 @@ def fit(model: SkinLesionNet, ham: Ham10000, seed: int = 0, limit: int | None = 
         "inconclusive_below": choice["threshold"],
         "abstention": {**choice, "val_risk_coverage": abstain.risk_coverage(probs, val_labels)},
         "ood": thresholds,
+        "triage": rule,
+        "triage_validation": triage_val,
     }

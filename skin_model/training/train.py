@@ -152,7 +152,7 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
     training = {**training, "trust_seconds": round(time.time() - start, 1), "trust_device": describe(device),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     trust_settings = TrustSettings(inconclusive_below=trust_card["inconclusive_below"], ood=trust_card["ood"],
-                                   abstention=trust_card["abstention"])
+                                   abstention=trust_card["abstention"], triage=trust_card["triage"])
     card = ModelCard(trust=trust_settings, members=members)
     metrics = evaluate_split(model, ham, "test", seed=seed, limit=limit, card=card)
     metrics["ood"] = evaluate_ood(model, card, ham, "test", seed=seed, limit=limit)
@@ -168,7 +168,8 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
                         "correction); optional patient context (age, sex, site) as an additive head"
                         + "".join(f"; photo logits averaged with an ensemble member ({m.backbone} at {m.image_size} px)"
                                   for m in model.members),
-        training={**training, "calibration": trust_card["calibration"]},
+        training={**training, "calibration": trust_card["calibration"],
+                  "triage_validation": trust_card["triage_validation"]},
         data=DatasetInfo(metadata_md5=ham.fingerprint, split=split_description(seed),
                          train_photos=counts.get("train", 0), val_photos=counts.get("val", 0),
                          test_photos=metrics["n_photos"],

@@ -22,6 +22,7 @@ import pypdf
 import pytest
 import streamlit as st
 import torch
+from helpers import QUALITY_ONLY_OOD
 from PIL import Image, ImageDraw
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
@@ -33,9 +34,11 @@ from skin_model.interop import fhir
 from skin_model.interop import pdf as report
 from skin_model.metrics import bootstrap_intervals, classification_report
 from skin_model.model import checkpoint
-from skin_model.model.card import ModelCard
+from skin_model.model.card import ModelCard, TrustSettings
 from skin_model.model.network import SkinLesionNet
 from skin_model.predict import Predictor
+from skin_model.trust.decision import decide
+from skin_model.trust.triage import TriageRule
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "streamlit_app.py"
@@ -132,6 +135,21 @@ def app_env(monkeypatch: pytest.MonkeyPatch, stub_weights: Path) -> Path:
     _clear_caches()
 
 
+@pytest.fixture
+def guarded_env(monkeypatch: pytest.MonkeyPatch, app_env: Path, tmp_path: Path) -> Path:
+    """The stub with an out-of-distribution check that refuses blank or uniform images (and nothing else)."""
+    model, card = checkpoint.load(app_env)
+    guarded = tmp_path / "guarded_weights"
+    checkpoint.save(model, guarded, dataclasses.replace(card, trust=TrustSettings(ood=QUALITY_ONLY_OOD)))
+    monkeypatch.setenv("SKIN_MODEL_WEIGHTS", str(guarded))
+    return guarded
+
+
+def _blank_jpeg() -> bytes:
+    """A uniform grey photo: refused by the stub's out-of-distribution check in `guarded_env`."""
+    return _jpeg(Image.new("RGB", (200, 150), (128, 128, 128)))
+
+
 def _app(page: str | None = None) -> AppTest:
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()
@@ -186,27 +204,19 @@ def assert_probs(chart: dict[str, float], expected: dict[str, float]) -> None:
 
 
 def verdicts(at: AppTest) -> list[str]:
-    """Verdict alerts in the main area, in page order: the bold class name, or Inconclusive."""
-    marks = tuple(f"**{name}**" for name in CLASS_NAMES.values()) + ("**Inconclusive**",)
+    """Decision headlines in the main area, in page order (each is an alert in bold)."""
     return [node.value for node in at.main if getattr(node, "type", None) in ("success", "error", "warning")
-            and node.value.startswith(marks)]
+            and node.value.startswith("**") and node.value.rstrip(".").endswith("**")
+            and "Upload a sharp" not in node.value]
 
 
-def expected_verdict(probs: dict[str, float], threshold: float) -> str:
-    """How the verdict for these probabilities starts, and its alert kind."""
-    code = max(probs, key=probs.get)
-    if probs[code] < threshold:
-        return "**Inconclusive**: the model is not confident"
-    if code in MALIGNANT:
-        return f"**{CLASS_NAMES[code]}** ({code}, malignant): {probs[code]:.1%}"
-    return f"**{CLASS_NAMES[code]}** ({code}): {probs[code]:.1%}"
-
-
-def assert_verdicts(at: AppTest, probs: list[dict[str, float]], threshold: float) -> None:
+def assert_verdicts(at: AppTest, probs: list[dict[str, float]], reference) -> None:
+    """The page shows exactly the headlines the package decides (trust.decision.decide) for these
+    probabilities, with the reference predictor's thresholds."""
     shown = verdicts(at)
     assert len(shown) == len(probs), shown
     for text, p in zip(shown, probs, strict=True):
-        assert text.startswith(expected_verdict(p, threshold)), (text, p)
+        assert text == f"**{decide(p, reference.inconclusive_below, reference.triage).headline}**", (text, p)
 
 
 def upload(at: AppTest, files: list[tuple[str, bytes]], index: int = 0) -> AppTest:
@@ -215,6 +225,24 @@ def upload(at: AppTest, files: list[tuple[str, bytes]], index: int = 0) -> AppTe
     assert not at.exception, [e.value for e in at.exception]
     return at
 
+
+
+def record_downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """File name -> the callable that builds it when its download button is clicked."""
+    deferred: dict[str, object] = {}
+    add_deferred = MediaFileManager.add_deferred
+
+    def record(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
+        deferred[file_name] = data_callable
+        return add_deferred(self, data_callable, mimetype, coordinates, file_name, **kwargs)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    return deferred
+
+
+def pdf_words(data: bytes) -> str:
+    """The text of a PDF, whitespace collapsed."""
+    return " ".join(" ".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(data)).pages).split())
 
 # ----------------------------------------------------------------------------- classify
 
@@ -235,7 +263,7 @@ def test_classify_one_photo(app_env: Path, lesion_photos, reference) -> None:
     assert set(figs) == {"chart_0"}, "one probability chart, no sequence chart for one photo"
     expected = reference.predict([load_image(data)]).photos[0]
     assert_probs(bar_probs(figs["chart_0"]), expected)
-    assert_verdicts(at, [expected], reference.inconclusive_below)
+    assert_verdicts(at, [expected], reference)
     assert [s.value for s in at.subheader] == [name]
     captions = [c for img in at.image for c in img.captions]
     assert captions[0] == "photo"
@@ -257,7 +285,7 @@ def test_classify_several_photos_adds_sequence_chart(app_env: Path, lesion_photo
     assert at.subheader[0].value == "Sequence prediction over 3 photos of the lesion"
     assert f"Combines {reference.sequence_method}." in [c.value for c in at.caption]
     assert [s.value for s in at.subheader[1:]] == [name for name, _ in lesion_photos]
-    assert_verdicts(at, [expected.sequence, *expected.photos], reference.inconclusive_below)
+    assert_verdicts(at, [expected.sequence, *expected.photos], reference)
     assert len(at.image) == 2 * len(lesion_photos)  # photo + heatmap each
 
 
@@ -347,16 +375,9 @@ def test_classify_heatmaps_explain_the_class_shown(app_env: Path, lesion_photos,
 
 def test_reports_are_built_on_click_not_on_every_rerun(app_env: Path, lesion_photos,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    deferred: dict[str, object] = {}  # file name -> the callable a click runs
-    add_deferred = MediaFileManager.add_deferred
-
-    def record(self, data_callable, mimetype, coordinates, file_name=None, **kwargs):
-        deferred[file_name] = data_callable
-        return add_deferred(self, data_callable, mimetype, coordinates, file_name, **kwargs)
-
+    deferred = record_downloads(monkeypatch)
     built: list[str] = []
     pdf_report, diagnostic_report = report.pdf_report, fhir.diagnostic_report
-    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
     monkeypatch.setattr(report, "pdf_report", lambda *a, **k: built.append("pdf") or pdf_report(*a, **k))
     monkeypatch.setattr(fhir, "diagnostic_report", lambda *a, **k: built.append("fhir") or diagnostic_report(*a, **k))
 
@@ -375,6 +396,89 @@ def test_reports_are_built_on_click_not_on_every_rerun(app_env: Path, lesion_pho
     assert built == ["pdf", "fhir"]
     assert [e.resource.get_resource_type() for e in bundle.entry].count("DiagnosticReport") == 1
 
+
+
+def test_the_pdf_states_the_heatmaps_shown(app_env: Path, lesion_photos, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PDF built from the page names the heatmap method, class and opacity the page shows (it always said
+    Grad-CAM and the predicted class, and drew at 0.45)."""
+    deferred = record_downloads(monkeypatch)
+    name, data = lesion_photos[0]
+    at = upload(_app(), [(name, data)])
+    at.selectbox(key="classify_method").set_value("LayerCAM")
+    at.selectbox(key="classify_target").set_value("mel")
+    at.slider(key="classify_opacity").set_value(0.9).run()
+    assert not at.exception
+    assert at.image[1].captions == [f"LayerCAM: where the model looked for {CLASS_NAMES['mel']}"]
+    text = pdf_words(deferred["skin-lesion-report.pdf"]())
+    assert "Heatmap: LayerCAM for Melanoma (mel)" in text and "opacity 90%" in text
+    assert "Grad-CAM" not in text
+
+
+def test_an_upload_is_never_pooled_with_the_dataset_photo(app_env: Path, lesion_photos, tmp_path: Path) -> None:
+    """The photo the explorer sent shows another lesion than the user's own upload: the upload replaces it, and
+    the two are never read as one sequence (they were, as "a sequence of 2 photos of the lesion")."""
+    dataset_photo = tmp_path / "ISIC_0024306.jpg"
+    dataset_photo.write_bytes(_jpeg(_synthetic_photo(5)))
+    at = _app()
+    at.session_state["analyse_paths"] = [str(dataset_photo)]
+    at.run()
+    assert not at.exception
+    assert [s.value for s in at.subheader] == [dataset_photo.name]
+    name, data = lesion_photos[0]
+    upload(at, [(name, data)])
+    assert [s.value for s in at.subheader] == [name], "the user's photo alone, no sequence"
+    assert set(charts(at)) == {"chart_0"}
+    assert any("dataset photo" in i.value and "removed" in i.value for i in at.main.info)
+    assert "analyse_paths" not in at.session_state
+    at.slider(key="classify_opacity").set_value(0.6).run()
+    assert [s.value for s in at.subheader] == [name], "and it does not come back"
+
+
+def test_triage_headline_leads_classify_and_evolution(app_env: Path, lesion_photos, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, reference) -> None:
+    """With a triage rule the first alert of the page is the referral, in red, with its operating point
+    (threshold 0 refers every photo, so this holds for any weights)."""
+    model, card = checkpoint.load(app_env)
+    rule = TriageRule(threshold=0.0, malignant=tuple(sorted(MALIGNANT)), sensitivity=0.9, specificity=0.7)
+    checkpoint.save(model, tmp_path / "w", dataclasses.replace(card, trust=TrustSettings(triage=rule)))
+    monkeypatch.setenv("SKIN_MODEL_WEIGHTS", str(tmp_path / "w"))
+    for page, files in (("classify", lesion_photos[:2]), ("evolution", lesion_photos[:2])):
+        at = upload(_app(None if page == "classify" else page), list(files))
+        shown = verdicts(at)
+        assert len(shown) == 3 and all(v.endswith(": see a dermatologist**") for v in shown), shown
+        first = next(n for n in at.main if getattr(n, "type", None) in ("success", "error", "warning"))
+        assert first.type == "error" and first.value == shown[0]
+        assert any("specificity 70%" in c.value for c in at.main.caption)
+
+
+@pytest.mark.skipif(not HAM_CSV.is_file(), reason=f"HAM10000 not found at {HAM_DIR}")
+def test_the_melanoma_of_ham_0000492_is_referred(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's case with the shipped weights: a histology-confirmed melanoma whose sequence was
+    "Inconclusive: top class Melanocytic nevus" must say to see a dermatologist in its headline."""
+    monkeypatch.delenv("SKIN_MODEL_WEIGHTS", raising=False)
+    monkeypatch.setenv("SKIN_MODEL_DEVICE", "cpu")
+    shipped = load_predictor(device="cpu")
+    assert shipped.triage is not None, "the shipped card carries the triage rule"
+    table = pd.read_csv(HAM_CSV)
+    ids = sorted(table[table.lesion_id == "HAM_0000492"].image_id)
+    assert len(ids) == 3 and set(table[table.lesion_id == "HAM_0000492"].dx) == {"mel"}
+    files = [(f"{i}.jpg", next(HAM_DIR.glob(f"**/{i}.jpg")).read_bytes()) for i in ids]
+    _clear_caches()
+    try:
+        at = upload(_app(), files)
+        headline = verdicts(at)[0]
+        assert headline.endswith(": see a dermatologist**") and "elanoma" in headline, headline
+    finally:
+        _clear_caches()
+
+
+def test_no_report_buttons_when_every_photo_is_refused(guarded_env: Path, lesion_photos) -> None:
+    at = upload(_app(), [("blank.jpg", _blank_jpeg())])
+    assert any(w.value.startswith("**Not assessed: this image is blank") for w in at.main.warning)
+    assert len(at.get("download_button")) == 0
+    assert any("No report" in i.value and "none of the photos" in i.value for i in at.main.info)
+    upload(at, [("blank.jpg", _blank_jpeg()), lesion_photos[0]])
+    assert {b.key for b in at.get("download_button")} == {"classify_pdf", "classify_fhir"}
 
 # ----------------------------------------------------------------------------- the frame
 
@@ -425,19 +529,63 @@ def test_evolution_needs_two_photos(app_env: Path, lesion_photos) -> None:
     assert charts(at) == {} and len(at.date_input) == 0 and len(at.dataframe) == 0
 
 
+def test_evolution_never_invents_dates(app_env: Path, lesion_photos, reference,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Photos without an EXIF date get no date (they once got today minus 60 and 30 days, and today): the
+    visits keep their upload order as visit 1, 2, 3, and a date the user enters is marked as entered on the
+    page and in the PDF."""
+    deferred = record_downloads(monkeypatch)
+    names = [name for name, _ in lesion_photos]
+    at = upload(_app("evolution"), lesion_photos)
+    assert [d.value for d in at.date_input] == [None, None, None]
+    expected = reference.predict([load_image(data) for _, data in lesion_photos], sequence=True)
+    figs = charts(at)
+    assert_probs(bar_probs(figs["evo_sequence"]), expected.sequence)  # in upload order
+
+    def check(labels: list[str | None], sources: list[str]) -> None:
+        shown = [label or f"visit {i + 1}" for i, label in enumerate(labels)]
+        assert [img.captions[0] for img in at.image if " · " in img.captions[0]] == [
+            f"{label} · {name}" for label, name in zip(shown, names, strict=True)]
+        figs = charts(at)
+        for key in ("evo_lines", "evo_changes"):
+            assert figs[key]["layout"]["xaxis"]["ticktext"] == shown
+        table = at.dataframe[0].value
+        assert list(table.photo) == names and list(table.visit) == [1, 2, 3]
+        assert [None if pd.isna(d) else d for d in table.date] == labels
+        assert list(table["date from"]) == sources
+
+    check([None, None, None], ["no date"] * 3)
+    text = pdf_words(deferred["skin-lesion-report.pdf"]())
+    assert all(f"visit {i}" in text for i in (1, 2, 3))
+    invented = [f"{datetime.date.today() - datetime.timedelta(days=d):%Y-%m-%d}" for d in (30, 60)]
+    assert not any(day in text for day in invented) and f"{names[0]} (" not in text
+
+    next(d for d in at.date_input if d.label == names[1]).set_value(datetime.date(2020, 1, 1)).run()
+    assert not at.exception
+    check([None, "2020-01-01 (entered)", None], ["no date", "entered by you", "no date"])
+    assert any("upload order" in c.value for c in at.main.caption), "not every photo has a date: upload order"
+    text = pdf_words(deferred["skin-lesion-report.pdf"]())
+    assert "2020-01-01 (entered)" in text and f"{names[1]} (2020-01-01, entered by the user)" in text
+
+
 def test_evolution_sorts_by_date_and_shows_every_figure(app_env: Path, lesion_photos, reference) -> None:
     exif_day = datetime.date(2021, 3, 4)
     (n0, b0), (n1, b1), (n2, b2) = lesion_photos
     dated = ("dated_" + n2, _jpeg(Image.open(io.BytesIO(b2)), _exif_date(exif_day)))
     at = upload(_app("evolution"), [(n0, b0), (n1, b1), dated])
 
-    # One date input per photo; the EXIF date is read, the others default to monthly visits ending today.
-    today = datetime.date.today()
-    dates = {d.label: d.value for d in at.date_input}
-    assert dates == {n0: today - datetime.timedelta(days=60), n1: today - datetime.timedelta(days=30),
-                     dated[0]: exif_day}
+    # One date input per photo: the EXIF date is read, the others are empty until the user enters them.
+    assert {d.label: d.value for d in at.date_input} == {n0: None, n1: None, dated[0]: exif_day}
+    dates = {n0: datetime.date(2022, 5, 1), n1: datetime.date(2023, 6, 1), dated[0]: exif_day}
+    for name in (n0, n1):
+        next(d for d in at.date_input if d.label == name).set_value(dates[name])
+    at.run()
+    assert not at.exception
     order = [dated[0], n0, n1]  # by date: the 2021 photo comes first
     photos = {n0: b0, n1: b1, dated[0]: dated[1]}
+
+    def label(name: str) -> str:
+        return f"{dates[name]:%Y-%m-%d}" + ("" if name == dated[0] else " (entered)")
 
     def check(order: list[str]) -> None:
         figs = charts(at)
@@ -445,23 +593,25 @@ def test_evolution_sorts_by_date_and_shows_every_figure(app_env: Path, lesion_ph
         expected = reference.predict([load_image(photos[n]) for n in order], sequence=True)
         assert_probs(bar_probs(figs["evo_sequence"]), expected.sequence)
         visit_captions = [img.captions[0] for img in at.image if " · " in img.captions[0]]
-        assert visit_captions == [f"{dates[n]:%Y-%m-%d} · {n}" for n in order]
+        assert visit_captions == [f"{label(n)} · {n}" for n in order]
         # Per-visit lines: one trace per class, one point per visit, in date order.
         lines = figs["evo_lines"]["data"]
         assert sorted(t["name"] for t in lines) == sorted(CLASS_NAMES.values())
+        assert figs["evo_lines"]["layout"]["xaxis"]["ticktext"] == [label(n) for n in order]
         code_of = {v: k for k, v in CLASS_NAMES.items()}
         for trace in lines:
-            xs = [str(x)[:10] for x in _array(trace["x"])]
-            assert xs == [f"{dates[n]:%Y-%m-%d}" for n in order]
+            assert _array(trace["x"]) == [1, 2, 3]
             assert _array(trace["y"]) == pytest.approx([p[code_of[trace["name"]]] for p in expected.photos],
                                                         abs=1e-5)
         table = at.dataframe[0].value
         assert list(table.photo) == order and len(table) == 3
-        assert list(pd.to_datetime(table.date).dt.date) == [dates[n] for n in order]
+        assert list(table.date) == [label(n) for n in order]
+        assert list(table["date from"]) == ["the photo's file (EXIF)" if n == dated[0] else "entered by you"
+                                            for n in order]
         assert table["area vs first visit"].iloc[0] == pytest.approx(1.0)
         assert table["lesion share of frame"].between(0, 1).all()
         assert (table["asymmetry (0 = symmetric)"] >= 0).all()
-        assert_verdicts(at, [expected.sequence, *expected.photos], reference.inconclusive_below)
+        assert_verdicts(at, [expected.sequence, *expected.photos], reference)
 
     check(order)
     # Moving a visit's date re-sorts the visits, the sequence and the table.
@@ -470,6 +620,11 @@ def test_evolution_sorts_by_date_and_shows_every_figure(app_env: Path, lesion_ph
     assert not at.exception
     dates[n1] = datetime.date(2020, 1, 1)
     check([n1, dated[0], n0])
+    # Changing the file's own date makes it an entered one.
+    next(d for d in at.date_input if d.label == dated[0]).set_value(datetime.date(2021, 3, 5)).run()
+    assert not at.exception
+    assert next(c for img in at.image for c in img.captions if c.endswith(f" · {dated[0]}")).startswith(
+        "2021-03-05 (entered)")
 
 
 # ----------------------------------------------------------------------------- explorer
@@ -530,7 +685,7 @@ def test_explorer_analyse_button_opens_classify(ham10000: pd.DataFrame, referenc
     path = next(HAM_DIR.glob(f"**/{image_id}.jpg"))
     expected = reference.predict([load_image(path)]).photos[0]
     assert_probs(bar_probs(charts(at)["chart_0"]), expected)
-    assert_verdicts(at, [expected], reference.inconclusive_below)
+    assert_verdicts(at, [expected], reference)
     assert len(at.image) == 2
     # The dataset photo can be cleared again. AppTest keeps requesting the page given to its own
     # switch_page() (explorer) even after the script switched pages, whereas a browser stays on the
@@ -560,7 +715,7 @@ def test_explorer_lesion_view_runs_a_sequence(ham10000: pd.DataFrame, reference)
     assert fig["layout"]["title"]["text"] == "Sequence prediction"
     assert_probs(bar_probs(fig), expected.sequence)
     assert [img.captions[0] for img in at.image][-len(rows):] == [f"{i}.jpg" for i in rows.image_id]
-    assert_verdicts(at, [expected.sequence, *expected.photos], reference.inconclusive_below)
+    assert_verdicts(at, [expected.sequence, *expected.photos], reference)
     assert any(c.value.startswith("With the patient's age, sex and site:") for c in at.main.caption)
 
 
@@ -659,12 +814,18 @@ def test_model_card_of_the_shipped_weights(app_env: Path, monkeypatch: pytest.Mo
 # ----------------------------------------------------------------------------- the design, measured
 
 
-def test_a_photo_crosses_at_most_ten_project_files(app_env: Path, lesion_photos) -> None:
-    """From upload to screen (decode, analyse with heatmaps, draw), once the model is loaded: the project
-    files whose code runs, traced call by call. The path used to cross 16 files and double back."""
+def test_a_photo_crosses_at_most_twelve_project_files(app_env: Path, lesion_photos, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """From upload to screen (decode, analyse with heatmaps, decide, draw), once the model is loaded: the
+    project files whose code runs, traced call by call. The path used to cross 16 files and double back;
+    the redesign brought it to 10, and the triage decision (its rule and the decision) adds two steps."""
     import sys
     import threading
 
+    model, card = checkpoint.load(app_env)
+    rule = TriageRule(threshold=0.3, malignant=tuple(sorted(MALIGNANT)), sensitivity=0.9, specificity=0.7)
+    checkpoint.save(model, tmp_path / "w", dataclasses.replace(card, trust=TrustSettings(triage=rule)))
+    monkeypatch.setenv("SKIN_MODEL_WEIGHTS", str(tmp_path / "w"))
     at = _app()  # loads the model: not part of a photo's path
     at.number_input[0].set_value(61)  # with patient context, the longer path
     seen: set[str] = set()
@@ -682,6 +843,7 @@ def test_a_photo_crosses_at_most_ten_project_files(app_env: Path, lesion_photos)
     finally:
         sys.setprofile(None)
         threading.setprofile(None)
-    assert any("explain" in f for f in seen) and any("engine" in f for f in seen), seen  # the path was traced
+    assert {"skin_model/explain/cam.py", "skin_model/engine.py", "skin_model/trust/triage.py",
+            "skin_model/trust/decision.py"} <= seen, seen  # the whole path was traced
     assert at.number_input[0].value == 61
-    assert len(seen) <= 10, "\n".join(sorted(seen))
+    assert len(seen) <= 12, "\n".join(sorted(seen))

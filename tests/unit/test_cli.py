@@ -14,10 +14,11 @@ import pytest
 from helpers import build_tiny_model
 
 from skin_model.cli import build_parser, main
-from skin_model.constants import CLASS_NAMES, CLASSES
+from skin_model.constants import CLASS_NAMES, CLASSES, DISCLAIMER
 from skin_model.model import checkpoint
-from skin_model.model.card import DatasetInfo, ModelCard
+from skin_model.model.card import DatasetInfo, ModelCard, TrustSettings
 from skin_model.training.config import TrainConfig
+from skin_model.trust.triage import TriageRule
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +59,7 @@ def test_predict_json_with_bad_files(files: dict[str, str], tiny_weights: Path, 
         assert line.startswith(f"skin-model: error: {path}: ")
     assert "truncated" in lines[0] and "the file is empty" in lines[1] and "not a readable image" in lines[2]
     result = json.loads(out)
-    assert set(result) == {"classes", "images", "sequence"}
+    assert set(result) == {"classes", "images", "sequence", "triage"}
     assert result["classes"] == list(CLASSES)
     assert result["sequence"] is None
     assert [item["file"] for item in result["images"]] == [files["good"]]
@@ -95,18 +96,52 @@ def test_predict_readable_lines(files: dict[str, str], tiny_weights: Path, capsy
     out, _ = capsys.readouterr()
     assert rc == 0
     lines = out.strip().splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4 and lines[-1] == DISCLAIMER
     for line, name in zip(lines, [files["good"], files["later"], "sequence"]):
         assert line.startswith(f"{name}: ")
-        code = line.split(": ", 1)[1].split(" ", 1)[0]
+        headline, ranked = line.split(": ", 1)[1].split(" | ")  # the tiny weights carry no triage rule
+        code = ranked.split(" ", 1)[0]
         assert code in CLASSES
-        assert f"({CLASS_NAMES[code]}) | {code} " in line or f"({CLASS_NAMES[code]}) [inconclusive] | {code} " in line
-        ranked = line.split(" | ", 1)[1].split(", ")
+        assert headline.startswith((f"Most likely {CLASS_NAMES[code]} (", f"Inconclusive: top class {CLASS_NAMES[code]} at "))
+        ranked = ranked.split(", ")
         assert len(ranked) == 3
-        scores = [float(r.split(" ")[1]) for r in ranked]
+        scores = [float(r.split(" ")[1].rstrip("%")) for r in ranked]
         assert scores == sorted(scores, reverse=True)
     with pytest.raises(json.JSONDecodeError):
         json.loads(out)
+
+
+def test_plain_text_ends_with_the_disclaimer(files: dict[str, str], tiny_weights: Path, capsys) -> None:
+    """The plain-text output carries the research-demo disclaimer the PDF and FHIR reports carry; --json stays
+    pure JSON."""
+    rc = main(["predict", files["good"], "--weights", str(tiny_weights)])
+    out, _ = capsys.readouterr()
+    assert rc == 0 and out.strip().splitlines()[-1] == DISCLAIMER
+    main(["predict", files["good"], "--json", "--weights", str(tiny_weights)])
+    assert DISCLAIMER not in capsys.readouterr().out
+
+
+def test_triage_leads_every_output(files: dict[str, str], tmp_path: Path, capsys) -> None:
+    """With a triage rule in the card the decision's headline comes first in the JSON and the text,
+    and the rule's operating point is printed (threshold 0: every photo is referred)."""
+    weights = tmp_path / "weights"
+    rule = TriageRule(threshold=0.0, malignant=("akiec", "bcc", "mel"), sensitivity=0.9, specificity=0.7)
+    checkpoint.save(build_tiny_model(), weights, ModelCard(name="test", trust=TrustSettings(triage=rule)))
+    assert main(["predict", files["good"], files["later"], "--sequence", "--json", "--weights", str(weights)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["triage"]["threshold"] == 0.0
+    for entry in [*result["images"], result["sequence"]]:
+        d = entry["decision"]
+        assert entry["status"] == d["status"] == "see_dermatologist" and d["refer"] is True
+        assert d["headline"].endswith(": see a dermatologist")
+        p = entry["probabilities"]
+        assert d["malignant_probability"] == pytest.approx(p["akiec"] + p["bcc"] + p["mel"], abs=1e-6)
+    assert main(["predict", files["good"], "--weights", str(weights)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith(f"{files['good']}: ") and ": see a dermatologist | malignant " in lines[0]
+    assert lines[1] == "See a dermatologist when the malignant probability is at least 0.0% (chosen on validation " \
+                       "photos for sensitivity \u2265 90%: sensitivity 90%, specificity 70%)."
+    assert lines[-1] == DISCLAIMER
 
 
 def test_predict_with_patient_context(files: dict[str, str], tiny_weights: Path, capsys) -> None:
@@ -204,7 +239,7 @@ def test_module_entry_point_has_no_traceback(files: dict[str, str], lite_weights
     for path in (files["corrupt"], files["empty"], files["text"]):
         assert sum(path + ":" in line for line in errors) == 1
     result = json.loads(proc.stdout)
-    assert set(result) == {"classes", "images", "sequence"}
+    assert set(result) == {"classes", "images", "sequence", "triage"}
     assert [item["file"] for item in result["images"]] == [files["good"]]
     _check_entry(result["images"][0])
 

@@ -9,10 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import build_tiny_model
 from PIL import Image
 
 from skin_model import devices
 from skin_model.constants import CLASSES, MAX_SEQUENCE
+from skin_model.explain.cam import METHODS
 from skin_model.io.images import ImageError
 from skin_model.model.card import ModelCard
 from skin_model.predict import DEFAULT_INCONCLUSIVE_BELOW, Prediction, Predictor, load_predictor
@@ -71,7 +73,9 @@ def test_three_photos_give_a_sequence(predictor: Predictor, three: list[Image.Im
 
 
 def test_sequence_flag(predictor: Predictor, three: list[Image.Image]) -> None:
-    assert predictor.predict(three[:1], sequence=True).sequence is not None
+    # one photo is a photo, not a "sequence over 1 photos", even when a sequence is asked for
+    assert predictor.predict(three[:1], sequence=True).sequence is None
+    assert predictor.predict(three[:2], sequence=True).sequence is not None
     assert predictor.predict(three, sequence=False).sequence is None
 
 
@@ -129,6 +133,29 @@ def test_patient_context(predictor: Predictor, lesion_photo) -> None:
     assert known.sum() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_heatmap_explains_the_class_shown_with_patient_context(lesion_photo) -> None:
+    """With age, sex and site, each photo's heatmap from `analyse` explains the class shown for that photo. The
+    context head is set so that the context changes every photo's class: a heatmap from a forward without the
+    context (as it once was) would explain another class than the verdict above it."""
+    model = build_tiny_model()
+    predictor = Predictor(model, ModelCard(name="test"), torch.device("cpu"))
+    photos = [lesion_photo(), lesion_photo(centre=(0.3, 0.7), radii=(0.1, 0.1), seed=1)]
+    plain = [Prediction.top(p)[0] for p in predictor.predict(photos).photos]
+    pushed = next(c for c in CLASSES if c not in plain)
+    with torch.no_grad():  # any known context adds a large logit to `pushed`
+        model.meta_head[0].weight.fill_(1.0)
+        model.meta_head[0].bias.zero_()
+        model.meta_head[2].weight.zero_()
+        model.meta_head[2].weight[CLASSES.index(pushed)] = 1.0
+    context = {"age": 70.0, "sex": "male", "site": "back"}
+    verdicts = [Prediction.top(p)[0] for p in predictor.predict(photos, **context).photos]
+    assert verdicts == [pushed] * len(photos)
+    for method in METHODS:
+        analysis = predictor.analyse(photos, method=method, **context)
+        assert [Prediction.top(p)[0] for p in analysis.prediction.photos] == verdicts
+        assert [h.target for h in analysis.heatmaps] == verdicts, method
+
+
 def test_device_from_environment(tiny_weights: Path, monkeypatch) -> None:
     monkeypatch.setenv("SKIN_MODEL_DEVICE", "cpu")
     assert load_predictor(tiny_weights).device == torch.device("cpu")
@@ -184,6 +211,29 @@ def test_sequence_method_describes_the_fitted_pooling(predictor: Predictor, thre
     finally:
         model.sequence_sharpness.fill_(saved[0])
         model.sequence_mix.fill_(saved[1])
+
+
+def test_the_sequence_caption_says_exactly_what_is_shown(predictor: Predictor, three) -> None:
+    """A caption that says "the mean" must show the mean: with a fitted sequence temperature
+    the numbers differ from the mean, and the caption says so."""
+    model = predictor.model
+    saved = float(model.sequence_temperature), float(model.sequence_sharpness), float(model.sequence_mix)
+    try:
+        model.sequence_sharpness.fill_(0.0)
+        model.sequence_mix.fill_(0.0)
+        plain = predictor.predict(three)
+        mean = np.stack([_values(plain.photos[i]) for i in plain.sequence_photos]).mean(0)
+        assert plain.sequence_method == "the mean of the photos' probabilities"
+        assert np.allclose(_values(plain.sequence), mean, atol=1e-5)
+        model.sequence_temperature.fill_(0.7)
+        sharpened = predictor.predict(three)
+        assert not np.allclose(_values(sharpened.sequence), mean, atol=1e-3)
+        assert "recalibrated on validation lesions (temperature 0.70)" in sharpened.sequence_method
+        assert sharpened.sequence_method.endswith("so it is not exactly that mean")
+    finally:
+        model.sequence_temperature.fill_(saved[0])
+        model.sequence_sharpness.fill_(saved[1])
+        model.sequence_mix.fill_(saved[2])
 
 
 def test_photo_probabilities_follow_the_fitted_confidence_map(tiny_weights: Path, three) -> None:

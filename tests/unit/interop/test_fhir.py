@@ -20,6 +20,7 @@ from skin_model.constants import CLASS_NAMES, CLASSES, DISCLAIMER  # noqa: E402
 from skin_model.interop.fhir import CLASS_SYSTEM, REPORT_TEXT, diagnostic_report, parse_bundle, to_json  # noqa: E402
 from skin_model.model.card import ModelCard  # noqa: E402
 from skin_model.predict import Prediction  # noqa: E402
+from skin_model.trust.triage import TriageRule  # noqa: E402
 
 CARD = ModelCard(name="tiny test model", version="0.0-test", sha256="fe" * 32)
 
@@ -60,7 +61,7 @@ def test_bundle_validates_and_has_every_part() -> None:
 
     (report,) = resources(bundle, "DiagnosticReport")
     assert report.status == "preliminary" and report.code.text == REPORT_TEXT
-    assert DISCLAIMER in report.conclusion and "Melanoma (mel) 70.0%" in report.conclusion
+    assert DISCLAIMER in report.conclusion and "Sequence of 2 photos: Most likely Melanoma (70.0%)" in report.conclusion
     assert report.conclusionCode[0].coding[0].code == "mel"
     assert str(report.effectiveDateTime) == "2021-03-01"
     ext = {e.url.split(":")[-1]: e.valueString for e in report.extension}
@@ -95,13 +96,32 @@ def test_bundle_validates_and_has_every_part() -> None:
     assert {o.code.coding[0].code: float(o.valueQuantity.value) for o in sequence}["mel"] == pytest.approx(70.0)
 
 
+def test_a_malignant_possibility_leads_the_conclusion() -> None:
+    rule = TriageRule(threshold=0.25, malignant=("akiec", "bcc", "mel"), sensitivity=0.91, specificity=0.74)
+    worrying = {**probs("nv", 0.52), "mel": 0.46, "bcc": 0.005, "akiec": 0.005, "bkl": 0.004, "df": 0.003, "vasc": 0.003}
+    pred = Prediction(photos=[worrying, probs("nv", 0.97)], sequence=worrying, sequence_photos=[0, 1], triage=rule)
+    bundle = parse_bundle(to_json(diagnostic_report(pred, [photo(0), photo(1)], ["a.jpg", "b.jpg"], CARD)))
+    report = resources(bundle, "DiagnosticReport")[0]
+    assert report.conclusion.startswith("Sequence of 2 photos: Possibly melanoma (46.0%): see a dermatologist; "
+                                        "a.jpg: Possibly melanoma (46.0%): see a dermatologist; "
+                                        "b.jpg: Most likely Melanocytic nevus (97.0%)")
+    assert report.conclusionCode[0].coding[0].code == "mel"  # what the headline names, not the top class
+    observations = resources(bundle, "Observation")
+    statuses = [o.valueCodeableConcept.coding[0].code for o in observations if o.valueCodeableConcept is not None]
+    assert statuses == ["see_dermatologist", "answered", "see_dermatologist"]
+    malignant = [o for o in observations if o.code.coding and o.code.coding[0].code == "p_malignant"]
+    assert [float(o.valueQuantity.value) for o in malignant] == pytest.approx([47.0, 1.5, 47.0])
+    assert [o.interpretation[0].text for o in malignant] == ["see a dermatologist", "below the triage threshold",
+                                                             "see a dermatologist"]
+
+
 def test_inconclusive_status_observation() -> None:
     pred = Prediction(photos=[probs("bcc", 0.4)], sequence=None, inconclusive_below=0.5)
     bundle = parse_bundle(to_json(diagnostic_report(pred, [photo(2)], ["x.png"], CARD)))
     status = [o for o in resources(bundle, "Observation") if o.valueCodeableConcept is not None]
     assert len(status) == 1
     assert status[0].valueCodeableConcept.coding[0].code == "inconclusive"
-    assert "inconclusive" in resources(bundle, "DiagnosticReport")[0].conclusion
+    assert "x.png: Inconclusive: top class Basal cell carcinoma at 40.0%" in resources(bundle, "DiagnosticReport")[0].conclusion
     assert len(resources(bundle, "Observation")) == 7 + 1
 
 
@@ -120,8 +140,22 @@ def test_out_of_distribution_photo_has_status_but_no_probabilities() -> None:
     codes = [o.valueCodeableConcept.coding[0].code for o in observations if o.valueCodeableConcept is not None]
     assert codes == ["out_of_distribution", "answered"]
     report = resources(bundle, "DiagnosticReport")[0]
-    assert "blank.jpg: This image is blank" in report.conclusion
+    assert "blank.jpg: Not assessed: this image is blank" in report.conclusion
     assert report.conclusionCode[0].coding[0].code == "df"
+
+
+def test_dates_entered_by_the_user_are_marked() -> None:
+    """A date typed in by the user (not read from the photo's file) says so on its Media and Observations."""
+    pred = Prediction(photos=[probs("nv", 0.8), probs("nv", 0.7)], sequence=None)
+    bundle = parse_bundle(diagnostic_report(pred, [photo(0), photo(1)], ["exif.jpg", "typed.jpg"], CARD,
+                                            dates=[datetime.date(2019, 3, 1), datetime.date(2020, 4, 2)],
+                                            dates_entered=[False, True]))
+    exif, typed = resources(bundle, "Media")
+    assert str(typed.createdDateTime) == "2020-04-02" and "entered by the user" in typed.note[0].text
+    assert str(exif.createdDateTime) == "2019-03-01" and not exif.note
+    notes = {o.note[0].text for o in resources(bundle, "Observation")}
+    assert any("typed.jpg" in n and "entered by the user" in n for n in notes)
+    assert not any("exif.jpg" in n and "entered" in n for n in notes)
 
 
 def test_cli_writes_fhir_with_attached_pdf(tiny_weights: Path, tmp_path: Path) -> None:

@@ -306,6 +306,10 @@ def test_sequence_leaves_out_rejected_photos(guarded: Predictor) -> None:
     none = guarded.predict([blank, black], sequence=True)
     assert none.sequence is None
     assert [none.status(i) for i in range(2)] == ["out_of_distribution"] * 2
+    # one of two refused: the one accepted photo is a photo, never a "sequence over 1 photos"
+    one = guarded.predict([a, blank], sequence=True)
+    assert one.sequence is None and one.sequence_photos == [] and one.sequence_decision() is None
+    assert one.status(0) in ("answered", "inconclusive") and one.status(1) == "out_of_distribution"
 
 
 def test_predict_each_carries_the_verdicts(guarded: Predictor) -> None:

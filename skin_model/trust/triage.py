@@ -1,0 +1,134 @@
+"""Malignancy triage: should this lesion be seen by a dermatologist?
+
+The one question a person with a worrying mole has is answered by an operating point, as
+dermatology AI is judged (Haenssle et al., Annals of Oncology 2018): the probability that the
+lesion is malignant (the sum of the calibrated probabilities of the malignant classes, akiec +
+bcc + mel) against a threshold chosen on the lesion-grouped validation split so that at least
+`TARGET_SENSITIVITY` of malignant photos are flagged, in every framing users send (full frame,
+centre crop, zoom). The sensitivity and specificity it was chosen for, with lesion-bootstrap
+intervals, travel in the model card.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+TARGET_SENSITIVITY = 0.90
+
+
+@dataclass(frozen=True)
+class TriageRule:
+    """Flag "see a dermatologist" when the malignant probability is at least `threshold`.
+
+    `sensitivity` and `specificity` are what validation photos (full frame) gave at the
+    threshold, with their 95% lesion-bootstrap intervals; `malignant` the classes summed."""
+
+    threshold: float
+    malignant: tuple[str, ...]
+    target_sensitivity: float = TARGET_SENSITIVITY
+    sensitivity: float | None = None
+    specificity: float | None = None
+    sensitivity_interval: tuple[float, float] | None = None
+    specificity_interval: tuple[float, float] | None = None
+
+    def malignant_probability(self, probs: Mapping[str, float]) -> float:
+        """P(akiec) + P(bcc) + P(mel) of one photo or sequence (clipped to 1 against rounding)."""
+        return min(1.0, float(sum(probs[c] for c in self.malignant)))
+
+    def refer(self, probs: Mapping[str, float]) -> bool:
+        return self.malignant_probability(probs) >= self.threshold
+
+    def operating_point(self) -> str:
+        """The operating point in words, as every output quotes it."""
+        if self.sensitivity is None or self.specificity is None:
+            return f"threshold {self.threshold:.1%} of malignant probability"
+        return (f"chosen on validation photos for sensitivity \u2265 {self.target_sensitivity:.0%}: "
+                f"sensitivity {self.sensitivity:.0%}, specificity {self.specificity:.0%}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "malignant": list(self.malignant),
+                "target_sensitivity": self.target_sensitivity, "sensitivity": self.sensitivity,
+                "specificity": self.specificity,
+                "sensitivity_interval": list(self.sensitivity_interval) if self.sensitivity_interval else None,
+                "specificity_interval": list(self.specificity_interval) if self.specificity_interval else None}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> TriageRule:
+        def pair(v: Any) -> tuple[float, float] | None:
+            return (float(v[0]), float(v[1])) if v else None
+
+        return cls(threshold=float(raw["threshold"]), malignant=tuple(raw["malignant"]),
+                   target_sensitivity=float(raw.get("target_sensitivity", TARGET_SENSITIVITY)),
+                   sensitivity=raw.get("sensitivity"), specificity=raw.get("specificity"),
+                   sensitivity_interval=pair(raw.get("sensitivity_interval")),
+                   specificity_interval=pair(raw.get("specificity_interval")))
+
+
+def malignant_probability(probs: np.ndarray, classes: Sequence[str], malignant: Sequence[str]) -> np.ndarray:
+    """The malignant probability of each row of an (N, classes) probability array."""
+    cols = [list(classes).index(c) for c in malignant]
+    return np.clip(np.asarray(probs, dtype=np.float64)[:, cols].sum(1), 0.0, 1.0)
+
+
+def is_malignant(labels: np.ndarray, classes: Sequence[str], malignant: Sequence[str]) -> np.ndarray:
+    return np.isin(np.asarray(labels), [list(classes).index(c) for c in malignant])
+
+
+def _rates(flag: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    pos, neg = truth.sum(), (~truth).sum()
+    sens = float((flag & truth).sum() / pos) if pos else math.nan
+    spec = float((~flag & ~truth).sum() / neg) if neg else math.nan
+    return sens, spec
+
+
+def threshold_for(p_malignant: np.ndarray, truth: np.ndarray, target: float = TARGET_SENSITIVITY) -> float:
+    """The highest threshold that still flags at least `target` of the malignant rows."""
+    pos = np.sort(np.asarray(p_malignant)[np.asarray(truth, dtype=bool)])[::-1]
+    if len(pos) == 0:
+        raise ValueError("no malignant photos to choose a triage threshold on")
+    return float(pos[max(0, math.ceil(target * len(pos)) - 1)])
+
+
+def operating_point(p_malignant: np.ndarray, truth: np.ndarray, threshold: float, groups: np.ndarray | None = None,
+                    resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """Sensitivity and specificity at `threshold`, with percentile intervals from resampling
+    whole lesions (`groups`: one id per row), so photos of one lesion are not counted as
+    independent evidence."""
+    p, truth = np.asarray(p_malignant, dtype=np.float64), np.asarray(truth, dtype=bool)
+    flag = p >= threshold
+    sens, spec = _rates(flag, truth)
+    ids = np.arange(len(p)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    order = np.argsort(ids, kind="stable")
+    members = np.split(order, np.flatnonzero(np.diff(ids[order])) + 1) if len(p) else []
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        draws.append(_rates(flag[rows], truth[rows]))
+    arr = np.array(draws)
+    tail = (1 - level) / 2 * 100
+    interval = [np.nanpercentile(arr[:, i], [tail, 100 - tail]).tolist() if not np.isnan(arr[:, i]).all() else None
+                for i in range(2)]
+    return {"threshold": float(threshold), "n": int(len(p)), "n_malignant": int(truth.sum()),
+            "sensitivity": sens, "specificity": spec, "sensitivity_interval": interval[0],
+            "specificity_interval": interval[1], "flagged": float(flag.mean()) if len(p) else math.nan}
+
+
+def fit(p_by_framing: Mapping[str, np.ndarray], truth: np.ndarray, groups: np.ndarray, malignant: Sequence[str],
+        target: float = TARGET_SENSITIVITY, primary: str = "full") -> tuple[TriageRule, dict[str, Any]]:
+    """Choose the threshold on validation: the highest one at which every framing flags at
+    least `target` of the malignant photos (a user's tight crop must not lose sensitivity).
+    Returns the rule and the validation figures of each framing."""
+    threshold = min(threshold_for(p, truth, target) for p in p_by_framing.values())
+    figures = {name: operating_point(p, truth, threshold, groups) for name, p in p_by_framing.items()}
+    main = figures[primary]
+    rule = TriageRule(threshold=threshold, malignant=tuple(malignant), target_sensitivity=target,
+                      sensitivity=main["sensitivity"], specificity=main["specificity"],
+                      sensitivity_interval=tuple(main["sensitivity_interval"]) if main["sensitivity_interval"] else None,
+                      specificity_interval=tuple(main["specificity_interval"]) if main["specificity_interval"] else None)
+    return rule, figures

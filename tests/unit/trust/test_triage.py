@@ -1,0 +1,59 @@
+"""skin_model.trust.triage: the malignant probability and the "see a dermatologist" threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skin_model.constants import CLASSES, MALIGNANT
+from skin_model.trust import triage
+from skin_model.trust.triage import TriageRule
+
+MAL = tuple(sorted(MALIGNANT))
+
+
+def test_malignant_probability_sums_the_malignant_classes() -> None:
+    probs = np.zeros((2, len(CLASSES)))
+    probs[0, CLASSES.index("mel")], probs[0, CLASSES.index("nv")] = 0.3, 0.7
+    probs[1, CLASSES.index("bcc")], probs[1, CLASSES.index("akiec")], probs[1, CLASSES.index("bkl")] = 0.2, 0.1, 0.7
+    assert triage.malignant_probability(probs, CLASSES, MAL) == pytest.approx([0.3, 0.3])
+    rule = TriageRule(threshold=0.3, malignant=MAL)
+    assert rule.malignant_probability(dict(zip(CLASSES, probs[1]))) == pytest.approx(0.3)
+    assert rule.refer(dict(zip(CLASSES, probs[1])))
+
+
+def test_threshold_flags_at_least_the_target_share_of_malignant_rows() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.random(500) < 0.2
+    p = np.where(truth, rng.beta(5, 2, 500), rng.beta(2, 5, 500))
+    for target in (0.8, 0.9, 0.95):
+        t = triage.threshold_for(p, truth, target)
+        assert (p[truth] >= t).mean() >= target
+        # the highest such threshold: any higher one misses the target
+        assert (p[truth] > t).mean() < target
+    with pytest.raises(ValueError, match="no malignant"):
+        triage.threshold_for(p, np.zeros(500, bool))
+
+
+def test_fit_keeps_the_target_in_every_framing_and_reports_intervals() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.random(400) < 0.25
+    full = np.where(truth, rng.beta(6, 2, 400), rng.beta(2, 6, 400))
+    zoom = np.clip(full - 0.15 * truth, 0, 1)  # a framing where malignant photos look less malignant
+    groups = np.arange(400) // 2
+    rule, figures = triage.fit({"full": full, "zoom": zoom}, truth, groups, MAL, target=0.9)
+    assert rule.threshold == pytest.approx(triage.threshold_for(zoom, truth, 0.9))
+    assert figures["full"]["sensitivity"] >= 0.9 and figures["zoom"]["sensitivity"] >= 0.9
+    lo, hi = rule.sensitivity_interval
+    assert lo <= rule.sensitivity <= hi and 0 < hi - lo < 0.2
+    lo, hi = rule.specificity_interval
+    assert lo <= rule.specificity <= hi
+    assert TriageRule.from_json(rule.to_json()) == rule
+
+
+def test_operating_point_counts_whole_lesions_in_the_bootstrap() -> None:
+    truth = np.array([True] * 10 + [False] * 10)
+    p = np.r_[np.linspace(0.5, 1, 10), np.linspace(0, 0.6, 10)]
+    same = triage.operating_point(p, truth, 0.55, groups=np.zeros(20))  # one lesion: every resample is the same
+    assert same["sensitivity_interval"] == pytest.approx([same["sensitivity"]] * 2)
+    assert same["sensitivity"] == pytest.approx(0.9) and same["specificity"] == pytest.approx(0.9)
