@@ -51,7 +51,7 @@ ROW = 5.5  # mm, probability table row height
 
 def _t(text: Any) -> str:
     """Core PDF fonts are Latin-1: replace anything else (file names may hold any character)."""
-    text = str(text).replace("\u2014", "-").replace("\u2013", "-").replace("\u2019", "'")
+    text = str(text).replace("\u2014", "-").replace("\u2013", "-").replace("\u2019", "'").replace("\u2265", ">=")
     return text.encode("latin-1", "replace").decode("latin-1")
 
 

@@ -108,6 +108,7 @@ def test_a_malignant_possibility_leads_the_report() -> None:
     assert "Most likely Melanocytic nevus (52.0%)" not in text
     assert "Most likely Melanocytic nevus (97.0%)" in text  # photo 2: below the triage threshold
     assert "sensitivity 91%, specificity 74%" in text and "at least 25.0%" in text
+    assert "sensitivity >= 90%" in text and "?" not in text  # Latin-1 fonts: no character lost
 
 
 def test_mismatched_lengths_are_refused() -> None:

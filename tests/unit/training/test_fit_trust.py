@@ -15,12 +15,14 @@ from PIL import Image
 from skin_model import engine
 from skin_model.constants import CLASSES
 from skin_model.data.ham10000 import load_ham10000, split_lesions
+from skin_model.data.transforms import VARIANTS
 from skin_model.io.images import load_image
 from skin_model.model.card import ModelCard, TrustSettings
 from skin_model.model.network import FEATURE_DIM
 from skin_model.predict import Predictor
 from skin_model.training import fit_trust as trust
 from skin_model.trust.calibration import confidence_grid
+from skin_model.trust.triage import TriageRule
 
 CPU = torch.device("cpu")
 LIMIT = 10
@@ -94,8 +96,13 @@ def test_fit_sets_the_ood_statistics(fitted) -> None:
 
 def test_fit_returns_the_card_entries(fitted) -> None:
     _, _, card, *_ = fitted
-    assert set(card) == {"calibration", "inconclusive_below", "abstention", "ood"}
+    assert set(card) == {"calibration", "inconclusive_below", "abstention", "ood", "triage", "triage_validation"}
     assert 0.0 < card["inconclusive_below"] < 1.0
+    rule, figures = card["triage"], card["triage_validation"]
+    assert isinstance(rule, TriageRule) and 0.0 <= rule.threshold <= 1.0
+    assert set(figures) == set(VARIANTS)  # chosen over every framing users send
+    assert all(op["sensitivity"] >= rule.target_sensitivity for op in figures.values())
+    assert rule.sensitivity == figures["full"]["sensitivity"]
     assert set(card["ood"]) == OOD_KEYS
     assert all(isinstance(v, float) and math.isfinite(v) for v in card["ood"].values())
     assert card["ood"]["feature_distance"] > 0
