@@ -48,16 +48,21 @@ method, target, opacity = views.cam_controls("evolution", predictor.default_cam_
 analysis = views.analyse(predictor, photos, context, method, target, sequence=True)
 prediction = analysis.prediction
 
-st.subheader("Sequence prediction (all visits together)")
-st.caption(f"Combines {predictor.sequence_method}.")
-left, right = st.columns([1, 2])
-if prediction.sequence is None:
+if not prediction.answered_any():
     st.warning("None of the photos could be analysed as a dermatoscopic photo of a lesion.")
     st.stop()
-with left:
-    views.verdict(prediction.sequence_decision())
-with right:
-    views.chart(views.probability_chart(prediction.sequence), key="evo_sequence")
+sequence = prediction.sequence_decision()
+if sequence is None:
+    st.warning("Only one photo could be analysed as a dermatoscopic photo of a lesion: its result is below. "
+               "How the lesion evolved needs two or more.")
+else:
+    st.subheader(f"Sequence prediction over {len(prediction.sequence_photos)} visits")
+    st.caption(f"Combines {predictor.sequence_method}.")
+    left, right = st.columns([1, 2])
+    with left:
+        views.verdict(sequence)
+    with right:
+        views.chart(views.probability_chart(prediction.sequence), key="evo_sequence")
 
 st.subheader("Visits")
 cols = st.columns(min(len(photos), 4))

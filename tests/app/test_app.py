@@ -472,6 +472,15 @@ def test_the_melanoma_of_ham_0000492_is_referred(monkeypatch: pytest.MonkeyPatch
         _clear_caches()
 
 
+def test_evolution_with_one_photo_left_is_not_a_sequence(guarded_env: Path, lesion_photos) -> None:
+    """One of two photos refused: the page says one photo was analysed, never "a sequence over 1 photo"."""
+    at = upload(_app("evolution"), [("blank.jpg", _blank_jpeg()), lesion_photos[0]])
+    assert any(w.value.startswith("Only one photo could be analysed") for w in at.main.warning)
+    assert not [s.value for s in at.subheader if s.value.startswith("Sequence prediction")]
+    assert "evo_sequence" not in charts(at)
+    assert len(verdicts(at)) == 1  # the accepted photo's own decision
+
+
 def test_no_report_buttons_when_every_photo_is_refused(guarded_env: Path, lesion_photos) -> None:
     at = upload(_app(), [("blank.jpg", _blank_jpeg())])
     assert any(w.value.startswith("**Not assessed: this image is blank") for w in at.main.warning)
