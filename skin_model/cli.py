@@ -196,8 +196,9 @@ def _write_exports(args: argparse.Namespace, predictor, pred, photos: list, name
             writer = csv.writer(fh)
             writer.writerow(["file", "decision", "see_dermatologist", "p_malignant", "prediction", "class_name",
                              "inconclusive", "status", "message", *(f"p_{c}" for c in CLASSES)])
-            for i, (name, probs, status) in enumerate(zip(names, pred.photos, statuses)):
+            for i, (name, probs) in enumerate(zip(names, pred.photos)):
                 d = pred.decision(i)
+                status = d.status
                 if status == "out_of_distribution":
                     writer.writerow([name, d.headline, "", "", "", "", "", status, pred.rejected(i) or "",
                                      *([""] * len(CLASSES))])

@@ -88,11 +88,11 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         seq = self.sequence_decision()
+        decisions = [self.decision(i) for i in range(len(self.photos))]
         return {"classes": list(self.classes), "photos": self.photos, "sequence": self.sequence,
                 "sequence_photos": self.sequence_photos, "inconclusive_below": self.inconclusive_below,
                 "triage": self.triage.to_json() if self.triage else None,
-                "status": [self.status(i) for i in range(len(self.photos))],
-                "decisions": [self.decision(i).to_dict() for i in range(len(self.photos))],
+                "status": [d.status for d in decisions], "decisions": [d.to_dict() for d in decisions],
                 "sequence_decision": seq.to_dict() if seq else None}
 
 

@@ -16,6 +16,7 @@ from skin_model.constants import CLASSES
 from skin_model.engine import preprocess
 from skin_model.model import backbones
 from skin_model.model.network import SkinLesionNet
+from skin_model.trust.ood import OODVerdict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,3 +147,9 @@ def write_fake_ham(root: Path, layout: str = "flat", lesions_per_class: int = 3,
                                   lesion=(40 + 25 * c, 30 + 10 * c, 20 + 20 * (c % 3)), seed=i)
         photo.save(folder / f"{row.image_id}.jpg", quality=90)
     return root
+
+
+def refused(n: int, reasons: dict[int, str]) -> list[OODVerdict | None]:
+    """Out-of-distribution verdicts for n photos, photo i refused for `reasons[i]` (a trust.ood.REASONS key):
+    a Prediction built with them refuses those photos exactly as the predictor would."""
+    return [OODVerdict(score=2.0, reason=reasons[i]) if i in reasons else None for i in range(n)]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import refused
 from PIL import Image
 
 pytest.importorskip("fhir.resources")
@@ -126,14 +127,7 @@ def test_inconclusive_status_observation() -> None:
 
 
 def test_out_of_distribution_photo_has_status_but_no_probabilities() -> None:
-    class Rejecting(Prediction):
-        def rejected(self, i: int) -> str | None:
-            return "This image is blank or nearly uniform; no diagnosis is given." if i == 0 else None
-
-        def status(self, i: int) -> str:
-            return "out_of_distribution" if i == 0 else "answered"
-
-    pred = Rejecting(photos=[probs("vasc", 0.9), probs("df", 0.9)], sequence=None)
+    pred = Prediction(photos=[probs("vasc", 0.9), probs("df", 0.9)], sequence=None, ood=refused(2, {0: "blank"}))
     bundle = parse_bundle(diagnostic_report(pred, [photo(0), photo(1)], ["blank.jpg", "ok.jpg"], CARD))
     observations = resources(bundle, "Observation")
     assert len(observations) == 7 + 2

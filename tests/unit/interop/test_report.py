@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import QUALITY_ONLY_OOD, build_tiny_model, make_lesion_photo
+from helpers import QUALITY_ONLY_OOD, build_tiny_model, make_lesion_photo, refused
 from PIL import Image, ImageDraw
 
 from skin_model.cli import main
@@ -80,14 +80,7 @@ def test_several_photos_have_sequence_chart_and_marks() -> None:
 
 
 def test_out_of_distribution_photo_gets_no_table() -> None:
-    class Rejecting(Prediction):
-        def rejected(self, i: int) -> str | None:
-            return "This image is too blurred; no diagnosis is given." if i == 1 else None
-
-        def status(self, i: int) -> str:
-            return "out_of_distribution" if i == 1 else "answered"
-
-    pred = Rejecting(photos=[probs("bkl", 0.9), probs("df", 0.9)], sequence=None)
+    pred = Prediction(photos=[probs("bkl", 0.9), probs("df", 0.9)], sequence=None, ood=refused(2, {1: "blur"}))
     assert pred.status(1) == "out_of_distribution"
     _, text = pdf_text(pdf_report(pred, [photo(0), photo(1)], ["a.jpg", "b.jpg"], CARD))
     assert "Not assessed: this image is too blurred" in text
@@ -192,14 +185,7 @@ def test_heatmap_caption_states_what_is_drawn() -> None:
 
 
 def test_refused_photo_gets_no_heatmap() -> None:
-    class Rejecting(Prediction):
-        def rejected(self, i: int) -> str | None:
-            return "This image is blank or nearly uniform; no diagnosis is given." if i == 0 else None
-
-        def status(self, i: int) -> str:
-            return "out_of_distribution" if i == 0 else "answered"
-
-    pred = Rejecting(photos=[probs("nv", 0.9)], sequence=None)
+    pred = Prediction(photos=[probs("nv", 0.9)], sequence=None, ood=refused(1, {0: "blank"}))
     data = pdf_report(pred, [photo(0)], ["a.jpg"], CARD, heatmaps=[_heatmap("nv", "Grad-CAM")])
     assert "Heatmap" not in pdf_text(data)[1]
     assert len(pypdf.PdfReader(io.BytesIO(data)).pages[0].images) == 1  # the photo alone
