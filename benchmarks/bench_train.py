@@ -44,6 +44,7 @@ VARIANTS: list[tuple[str, dict]] = [
     ("128 px", {"image_size": 128}),
     ("192 px", {"image_size": 192}),
     ("224 px", {"image_size": 224}),
+    ("200x150, the photos' own size (no squashing)", {"image_size": 200, "input_height": 150}),
     ("bfloat16 autocast on the CPU", {"cpu_bf16": True}),
 ]
 
@@ -70,7 +71,7 @@ def stage1_step(cfg: TrainConfig, bank: torch.Tensor, steps: int, warmup: int = 
     """Median time of `steps` training steps (after `warmup`), per photo."""
     torch.manual_seed(0)
     device = torch.device("cpu")
-    model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=True)
+    model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=True, data_config=cfg.data_config)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     frozen, opt = new_optimizer(model, cfg)
@@ -94,7 +95,7 @@ def stage1_step(cfg: TrainConfig, bank: torch.Tensor, steps: int, warmup: int = 
 
 def feature_pass(cfg: TrainConfig, bank: torch.Tensor) -> dict[str, float]:
     """The inference-view feature pass (validation scoring each epoch, stage 2's views)."""
-    model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=True).to(memory_format=torch.channels_last)
+    model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=True, data_config=cfg.data_config).to(memory_format=torch.channels_last)
     features_of(model, bank[:8], torch.device("cpu"))
     start = time.perf_counter()
     features_of(model, bank, torch.device("cpu"))

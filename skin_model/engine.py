@@ -38,9 +38,9 @@ DEFAULT_CONFIG = DataConfig()
 
 
 def preprocess(images: Sequence[Image.Image] | torch.Tensor, config: DataConfig = DEFAULT_CONFIG) -> torch.Tensor:
-    """RGB photos (PIL, or a uint8 (N, 3, H, W) batch) -> the normalised (N, 3, size, size) input.
+    """RGB photos (PIL, or a uint8 (N, 3, H, W) batch) -> the normalised (N, 3, height, width) input.
 
-    The whole frame is resized to the square (nothing of the lesion is cut away) on the uint8
+    The whole frame is resized to the input size (nothing of the lesion is cut away) on the uint8
     pixels with antialiasing, then scaled to [0, 1] and normalised: the same values, bit for bit,
     as torchvision's Resize, ToDtype and Normalize, without importing torchvision (seconds of
     start-up). A batch and the same photos one by one give the same values, so training's
@@ -52,7 +52,7 @@ def preprocess(images: Sequence[Image.Image] | torch.Tensor, config: DataConfig 
     else:
         batches = [torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)[None]
                    for img in images]
-    size = (config.image_size, config.image_size)
+    size = config.input_size
     x = torch.cat([F.interpolate(b, size=size, mode=config.interpolation, antialias=True, align_corners=False)
                    for b in batches])
     x = x.to(torch.float32).mul_(1 / 255)

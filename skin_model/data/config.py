@@ -17,17 +17,41 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     """How a photo becomes the network's input (timm's "pretrained config"); it travels in the
-    model card, and `preprocess` is built from it."""
+    model card, and `preprocess` is built from it.
+
+    `image_size` is the input's width, and its height too unless `input_height` is given: a
+    non-square input keeps the photos' own aspect (HAM10000's 200x150) instead of squashing
+    them into a square. Any photo is resized to `input_size` whole, nothing cut away."""
 
     image_size: int = IMAGE_SIZE
     mean: tuple[float, float, float] = MEAN
     std: tuple[float, float, float] = STD
     interpolation: str = "bilinear"
+    input_height: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024:
             raise ConfigError(f"image_size must be an integer from 32 to 1024, not {self.image_size!r}")
+        if self.input_height is not None and (not isinstance(self.input_height, int)
+                                              or not 32 <= self.input_height <= 1024):
+            raise ConfigError(f"input_height must be an integer from 32 to 1024, not {self.input_height!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("mean and std must hold three values each, std positive")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the network's input."""
+        return (self.input_height or self.image_size, self.image_size)
+
+    @property
+    def encoder_size(self) -> int | tuple[int, int]:
+        """What the encoder is built for: the side of a square input, else (height, width)."""
+        height, width = self.input_size
+        return width if height == width else (height, width)
+
+    def describe(self) -> str:
+        """'160 px' for a square input, '200x150 px' (width x height) otherwise."""
+        height, width = self.input_size
+        return f"{width} px" if height == width else f"{width}x{height} px"

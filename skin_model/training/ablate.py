@@ -33,6 +33,7 @@ LEVERS: list[tuple[str, dict[str, Any]]] = [
     ("base: Lite0, 160 px, stem + 5 blocks frozen, EMA (the shipped CPU recipe)", {}),
     ("stem + 3 blocks frozen", {"freeze_blocks": 3}),
     ("176 px input", {"image_size": 176}),
+    ("the photos' own 200x150 input (no squashing into a square)", {"image_size": 200, "input_height": 150}),
     ("mixup / CutMix on half the batches", {"mixup": 0.5}),
     ("learning rate 3e-4", {"lr": 3e-4}),
     ("no moving average of the weights", {"ema": 0.0}),
@@ -68,7 +69,7 @@ def run(base: TrainConfig, levers: list[tuple[str, dict[str, Any]]] = LEVERS, ou
     train_t, val_t = training_tables(ham.table, base.split, base.limit)
     labels, val_labels = train_t.label.to_numpy(), val_t.label.to_numpy()
     counts = np.bincount(labels, minlength=len(CLASSES))
-    banks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    banks: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
     rows: list[dict[str, Any]] = []
     best_cfg, best_score = base, -np.inf
     for i, (name, overrides) in enumerate(levers):
@@ -78,12 +79,12 @@ def run(base: TrainConfig, levers: list[tuple[str, dict[str, Any]]] = LEVERS, ou
             left = budget_min - (time.time() - start) / 60
             weight = cfg.epochs / sum(max(1, o.get("epochs", 1)) * base.epochs for _, o in levers[i:])
             cfg = replace(cfg, time_budget_min=max(0.2, left * weight))
-        if cfg.image_size not in banks:
-            banks[cfg.image_size] = (preload(list(train_t.path), cfg.image_size),
-                                     preload(list(val_t.path), cfg.image_size))
-        photos, val_photos = banks[cfg.image_size]
+        size = cfg.data_config.input_size
+        if size not in banks:
+            banks[size] = (preload(list(train_t.path), size), preload(list(val_t.path), size))
+        photos, val_photos = banks[size]
         seed_everything(cfg.seed)
-        model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=True).to(device)
+        model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=True, data_config=cfg.data_config).to(device)
         model = model.to(memory_format=torch.channels_last)
         stage1 = train_encoder(model, cfg, photos, labels, val_photos, val_labels, device)
         logits = photo_logits_of(model, features_of(model, val_photos, device), device)
@@ -106,7 +107,8 @@ def run(base: TrainConfig, levers: list[tuple[str, dict[str, Any]]] = LEVERS, ou
 
 def flags(cfg: TrainConfig) -> str:
     """The `skin-model train` options that reproduce the recipe's choices."""
-    return (f"--backbone {cfg.backbone} --image-size {cfg.image_size} --freeze-blocks {cfg.freeze_blocks} "
+    height = f"--input-height {cfg.input_height} " if cfg.input_height else ""
+    return (f"--backbone {cfg.backbone} --image-size {cfg.image_size} {height}--freeze-blocks {cfg.freeze_blocks} "
             f"--lr {cfg.lr} --batch-size {cfg.batch_size} --mixup {cfg.mixup} --ema {cfg.ema} --epochs {cfg.epochs}")
 
 

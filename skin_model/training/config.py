@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from skin_model.constants import BACKBONE, IMAGE_SIZE
+from skin_model.data.config import DataConfig
 
 
 @dataclass
@@ -16,6 +17,7 @@ class TrainConfig:
     out: str = "weights"
     backbone: str = BACKBONE
     image_size: int = IMAGE_SIZE
+    input_height: int | None = None
     epochs: int = 30
     batch_size: int = 32
     lr: float = 5e-4
@@ -39,6 +41,11 @@ class TrainConfig:
     teacher: str | None = None
     distil_weight: float = 0.5
     fit_trust: bool = True
+
+    @property
+    def data_config(self) -> DataConfig:
+        """The input the recipe trains at: `image_size` wide, `input_height` high (square when not given)."""
+        return DataConfig(image_size=self.image_size, input_height=self.input_height)
 
     @property
     def split(self) -> int:

@@ -40,16 +40,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def preload(paths: list[str], size: int = IMAGE_SIZE) -> torch.Tensor:
+def preload(paths: list[str], size: int | tuple[int, int] = IMAGE_SIZE) -> torch.Tensor:
     """Decode every photo once into one uint8 (N, 3, H, W) tensor.
 
     All photos share the first photo's aspect ratio (HAM10000's 4:3; others are
-    squashed, as inference squashes every photo to a square), with the long side
-    at most twice the input size (the official 600x450 photos shrink, the 200x150
-    copies stay as they are)."""
+    squashed, as inference squashes every photo to the input's shape), with the width
+    at most twice the input's longer side (the official 600x450 photos shrink, the
+    200x150 copies stay as they are). `size`: a square's side or (height, width)."""
     with Image.open(paths[0]) as first:
         w0, h0 = first.size
-    width = min(w0, 2 * size)
+    width = min(w0, 2 * (size if isinstance(size, int) else max(size)))
     height = max(1, round(width * h0 / w0))
 
     def decode(path: str) -> np.ndarray:
@@ -94,7 +94,7 @@ def features_of(model: SkinLesionNet, photos: torch.Tensor, device: torch.device
     out = []
     for start in range(0, len(photos), batch_size):
         chunk = photos[start:start + batch_size].to(device, non_blocking=True)
-        x = augment_batch(chunk, model.image_size, generator)
+        x = augment_batch(chunk, model.data_config.input_size, generator)
         with _autocast(device):
             out.append(model.features(_to_device_batch(x, device)).float().cpu())
     return torch.cat(out).numpy()
@@ -207,7 +207,7 @@ def train_step(model: SkinLesionNet, opt: torch.optim.Optimizer, loss_fn: nn.Mod
 
     `soft` holds a teacher's probabilities for the photos (distillation): the loss is then
     `distil_weight` of cross-entropy against them and the rest against the labels."""
-    x = augment_batch(photos, model.image_size, gen)
+    x = augment_batch(photos, model.data_config.input_size, gen)
     perm, lam = None, 1.0
     if cfg.mixup and torch.rand(1, device=device, generator=gen).item() < cfg.mixup:
         x, perm, lam = mix(x, gen)

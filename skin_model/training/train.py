@@ -98,10 +98,12 @@ def run(cfg: TrainConfig, resume: str | Path | None = None) -> ModelCard:
     ham = load_ham10000(cfg.data)
     train_t, val_t = training_tables(ham.table, cfg.split, cfg.limit)
     labels, val_labels = train_t.label.to_numpy(), val_t.label.to_numpy()
-    photos, val_photos = preload(list(train_t.path), cfg.image_size), preload(list(val_t.path), cfg.image_size)
+    size = cfg.data_config.input_size
+    photos, val_photos = preload(list(train_t.path), size), preload(list(val_t.path), size)
     soft, teacher = teacher_probabilities(cfg.teacher, photos, cfg.split, ham.fingerprint, device) if cfg.teacher else (None, None)
 
-    model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=saved is None and not cfg.init)
+    model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=saved is None and not cfg.init,
+                          data_config=cfg.data_config)
     if saved is not None:
         init = (saved.get("provenance") or {}).get("init")
     else:
@@ -163,7 +165,7 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
     card = replace(
         card,
         name="skin-model CNN-LSTM",
-        architecture=f"{model.backbone} (ImageNet) at {model.image_size} px encoder -> per-photo head; LSTM(256) over the "
+        architecture=f"{model.backbone} (ImageNet) at {model.data_config.describe()} encoder -> per-photo head; LSTM(256) over the "
                         "time-ordered photos of one lesion -> sequence head (confidence-weighted mean of photo probabilities + LSTM "
                         "correction); optional patient context (age, sex, site) as an additive head"
                         + "".join(f"; photo logits averaged with an ensemble member ({m.backbone} at {m.image_size} px)"

@@ -78,3 +78,19 @@ def test_transforms_come_from_the_card(tiny_model, tmp_path: Path, lesion_photo)
     assert not torch.equal(x, preprocess([photo], DataConfig(image_size=96)))
     with pytest.raises(ValueError, match="data config for 96 px"):
         type(tiny_model)(backbone=tiny_model.backbone, image_size=128, pretrained=False, data_config=config)
+
+
+def test_a_non_square_input_travels_in_the_card(tiny_model, tmp_path: Path, lesion_photo) -> None:
+    """A model trained at the photos' own 4:3 shape is saved, loaded and fed at that shape; older cards
+    (no `input_height`) keep their square input."""
+    config = DataConfig(image_size=96, input_height=72)
+    assert config.input_size == (72, 96) and config.encoder_size == (72, 96) and config.describe() == "96x72 px"
+    assert DataConfig(image_size=96).input_size == (96, 96) and DataConfig(image_size=96).describe() == "96 px"
+    model = type(tiny_model)(backbone=tiny_model.backbone, image_size=96, pretrained=False, data_config=config)
+    card = checkpoint.save(model, tmp_path, ModelCard(name="4:3"))
+    assert card.to_json()["input_height"] == 72 and "input_height" not in SHIPPED
+    loaded, read = checkpoint.load(tmp_path)
+    assert read.data_config == config and loaded.data_config == config
+    assert preprocess([lesion_photo()], loaded.data_config).shape == (1, 3, 72, 96)
+    with pytest.raises(CardError, match="input_height"):
+        ModelCard.from_json({**SHIPPED, "input_height": 8})
