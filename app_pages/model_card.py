@@ -12,7 +12,7 @@ from app_pages import views
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT
 from skin_model.constants import DISCLAIMER
 from skin_model.evaluation.summary import interval_notes, performance_rows
-from skin_model.trust.decision import percent
+from skin_model.trust.decision import triage_rule_text
 
 
 def _span(interval: list[float] | None) -> str:
@@ -92,15 +92,19 @@ if single:
     rule = card.trust.triage
     if rule is not None:
         st.subheader("Triage: see a dermatologist?")
-        st.markdown(f"Every answer starts with triage: when the probability of a malignant lesion "
-                    f"({' + '.join(rule.malignant)}) is at least **{percent(rule.threshold)}**, the app says to see a "
-                    f"dermatologist, whatever the top class. The threshold was {rule.operating_point()} "
-                    "(the lowest sensitivity over full frame, centre crop and zoom reaches the target).")
+        st.markdown(f"Every answer starts with triage, whatever the top class. {triage_rule_text(rule)} "
+                    "For photos, the lowest sensitivity over full frame, centre crop and zoom reaches the target.")
         if triage_test:
             rows = [{"photos (test)": name, "sensitivity": op["sensitivity"],
                      "95% interval (sens.)": _span(op["sensitivity_interval"]), "specificity": op["specificity"],
                      "95% interval (spec.)": _span(op["specificity_interval"]), "photos": op["n"],
                      "malignant": op["n_malignant"]} for name, op in triage_test["single_photo"].items()]
+            if triage_test.get("multi_photo_lesions_sequence"):
+                op = triage_test["multi_photo_lesions_sequence"]
+                rows.append({"photos (test)": "sequences of 2+ photos (per lesion)", "sensitivity": op["sensitivity"],
+                             "95% interval (sens.)": _span(op["sensitivity_interval"]),
+                             "specificity": op["specificity"], "95% interval (spec.)": _span(op["specificity_interval"]),
+                             "photos": op["n"], "malignant": op["n_malignant"]})
             st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
                 "sensitivity": st.column_config.NumberColumn(format="percent"),
                 "specificity": st.column_config.NumberColumn(format="percent")})

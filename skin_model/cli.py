@@ -170,12 +170,10 @@ def _predict(args: argparse.Namespace) -> int:
         if result["sequence"]:
             print(_line("sequence", result["sequence"]))
         if result["images"] and result["triage"]:
-            from skin_model.trust.decision import percent
+            from skin_model.trust.decision import triage_rule_text
             from skin_model.trust.triage import TriageRule
 
-            rule = TriageRule.from_json(result["triage"])
-            print(f"See a dermatologist when the malignant probability is at least {percent(rule.threshold)} "
-                  f"({rule.operating_point()}).")
+            print(triage_rule_text(TriageRule.from_json(result["triage"])))
         if result["images"]:
             print(DISCLAIMER)  # as on the PDF and FHIR reports: scores alone must not read as a diagnosis
     return 2 if failed else 0

@@ -76,7 +76,8 @@ class Prediction:
 
     def sequence_decision(self) -> Decision | None:
         """What the lesion's sequence means for the user (None without a sequence)."""
-        return None if self.sequence is None else decide(self.sequence, self.inconclusive_below, self.triage)
+        return None if self.sequence is None else decide(
+            self.sequence, self.inconclusive_below, self.triage.for_sequences() if self.triage else None)
 
     def status(self, i: int) -> str:
         """The status of photo i's decision (one of trust.decision.STATUSES)."""

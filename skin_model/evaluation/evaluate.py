@@ -167,9 +167,10 @@ def triage_report(rule: triage.TriageRule, framing_probs: dict[str, np.ndarray],
         out["single_photo"][name] = triage.operating_point(
             triage.malignant_probability(probs, CLASSES, rule.malignant), truth, rule.threshold, lesion_ids)
     if sequence_probs is not None and len(sequence_probs):
+        seq_rule = rule.for_sequences()
         out["multi_photo_lesions_sequence"] = triage.operating_point(
             triage.malignant_probability(sequence_probs, CLASSES, rule.malignant),
-            triage.is_malignant(lesion_labels, CLASSES, rule.malignant), rule.threshold)
+            triage.is_malignant(lesion_labels, CLASSES, rule.malignant), seq_rule.threshold)
     return out
 
 
@@ -194,6 +195,11 @@ def format_table(report: dict[str, Any]) -> str:
         for name, op in t["single_photo"].items():
             lines.append(f"  {name:12s} sensitivity {op['sensitivity']:.3f} ({_span(op['sensitivity_interval'])}), "
                          f"specificity {op['specificity']:.3f} ({_span(op['specificity_interval'])})")
+        if "multi_photo_lesions_sequence" in t:
+            op = t["multi_photo_lesions_sequence"]
+            lines.append(f"  {'sequences':12s} sensitivity {op['sensitivity']:.3f} ({_span(op['sensitivity_interval'])}), "
+                         f"specificity {op['specificity']:.3f} ({_span(op['specificity_interval'])}) at "
+                         f"{op['threshold']:.3f} ({op['n']} lesions with 2+ photos)")
     full = report["single_photo"]["full"]
     lines += ["", f"{'class':8s}{'recall':>10s}{'precision':>11s}{'auc':>8s}{'support':>9s}"]
     for c, r in full["per_class"].items():

@@ -31,7 +31,7 @@ from PIL import Image
 from skin_model.constants import CLASS_NAMES, CLASSES, DISCLAIMER, MALIGNANT
 from skin_model.interop.common import ENTERED_MARK, iso_date, jpeg, visit_label
 from skin_model.model.card import ModelCard
-from skin_model.trust.decision import Decision, percent
+from skin_model.trust.decision import Decision, percent, triage_rule_text
 
 if TYPE_CHECKING:  # Grad-CAM (torch, OpenCV) is not needed to write a report
     from skin_model.explain.cam import Heatmap
@@ -267,8 +267,7 @@ def pdf_report(prediction: Any, photos: Sequence[Image.Image], names: Sequence[s
 
     _heading(pdf, "Model")
     triage = getattr(prediction, "triage", None)
-    rule = (f" Seeing a dermatologist is advised when the probability of a malignant lesion ({' + '.join(triage.malignant)}) "
-            f"is at least {percent(triage.threshold)} ({triage.operating_point()})." if triage else "")
+    rule = f" {triage_rule_text(triage)}" if triage else ""
     pdf.multi_cell(0, 4.5, _t(f"{name}, version {version}. A photo is inconclusive when its top class is below "
                               f"{percent(threshold)}.{rule}"), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_font("Courier", "", 8)

@@ -116,6 +116,14 @@ def fit(model: SkinLesionNet, ham: Ham10000, seed: int = 0, limit: int | None = 
         {name: triage.malignant_probability(engine.shown_probabilities(model, logits, "photo").cpu().numpy(), CLASSES,
                                             malignant) for name, logits in framing_logits.items()},
         triage.is_malignant(val_labels, CLASSES, malignant), val_t.lesion_id.to_numpy(), malignant)
+    groups = lesion_groups(val_t, min_photos=2)
+    if groups:
+        seq_probs = engine.shown_probabilities(
+            model, engine.sequence_logits(model, val_feats, val_logits, groups), "sequence").cpu().numpy()
+        rule, seq_val = triage.fit_sequence(rule, triage.malignant_probability(seq_probs, CLASSES, malignant),
+                                            triage.is_malignant(val_labels[[g[0] for g in groups]], CLASSES, malignant))
+        if seq_val is not None:
+            triage_val["multi_photo_lesions_sequence"] = seq_val
 
     def plain(f: dict[str, Any]) -> dict[str, Any]:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.items()}

@@ -30,6 +30,16 @@ def percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def triage_rule_text(rule: TriageRule) -> str:
+    """The triage rule in one sentence, as the CLI, the PDF and the app's model card quote it."""
+    text = (f"See a dermatologist when the probability of a malignant lesion ({' + '.join(rule.malignant)}) is at "
+            f"least {percent(rule.threshold)} for a photo ({rule.operating_point()})")
+    if rule.sequence is not None:
+        text += (f", and at least {percent(rule.sequence.threshold)} for a sequence of photos of one lesion "
+                 f"({rule.sequence.operating_point()})")
+    return text + "."
+
+
 def _lower_first(name: str) -> str:
     return name[:1].lower() + name[1:]
 

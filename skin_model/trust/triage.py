@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,10 @@ class TriageRule:
     """Flag "see a dermatologist" when the malignant probability is at least `threshold`.
 
     `sensitivity` and `specificity` are what validation photos (full frame) gave at the
-    threshold, with their 95% lesion-bootstrap intervals; `malignant` the classes summed."""
+    threshold, with their 95% lesion-bootstrap intervals; `malignant` the classes summed;
+    `basis` what the threshold was chosen on. `sequence` is the rule for a sequence of photos of
+    one lesion, chosen on validation lesions' sequences (pooling changes the probabilities'
+    spread, so a photo's threshold does not keep a sequence's sensitivity)."""
 
     threshold: float
     malignant: tuple[str, ...]
@@ -35,6 +38,12 @@ class TriageRule:
     specificity: float | None = None
     sensitivity_interval: tuple[float, float] | None = None
     specificity_interval: tuple[float, float] | None = None
+    basis: str = "validation photos"
+    sequence: TriageRule | None = None
+
+    def for_sequences(self) -> TriageRule:
+        """The rule a sequence of photos of one lesion is judged by (this one when none was fitted)."""
+        return self.sequence or self
 
     def malignant_probability(self, probs: Mapping[str, float]) -> float:
         """P(akiec) + P(bcc) + P(mel) of one photo or sequence (clipped to 1 against rounding)."""
@@ -47,15 +56,19 @@ class TriageRule:
         """The operating point in words, as every output quotes it."""
         if self.sensitivity is None or self.specificity is None:
             return f"threshold {self.threshold:.1%} of malignant probability"
-        return (f"chosen on validation photos for sensitivity \u2265 {self.target_sensitivity:.0%}: "
+        return (f"chosen on {self.basis} for sensitivity \u2265 {self.target_sensitivity:.0%}: "
                 f"sensitivity {self.sensitivity:.0%}, specificity {self.specificity:.0%}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "malignant": list(self.malignant),
-                "target_sensitivity": self.target_sensitivity, "sensitivity": self.sensitivity,
-                "specificity": self.specificity,
-                "sensitivity_interval": list(self.sensitivity_interval) if self.sensitivity_interval else None,
-                "specificity_interval": list(self.specificity_interval) if self.specificity_interval else None}
+        out = {"threshold": self.threshold, "malignant": list(self.malignant),
+               "target_sensitivity": self.target_sensitivity, "sensitivity": self.sensitivity,
+               "specificity": self.specificity,
+               "sensitivity_interval": list(self.sensitivity_interval) if self.sensitivity_interval else None,
+               "specificity_interval": list(self.specificity_interval) if self.specificity_interval else None,
+               "basis": self.basis}
+        if self.sequence is not None:
+            out["sequence"] = self.sequence.to_json()
+        return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> TriageRule:
@@ -66,7 +79,9 @@ class TriageRule:
                    target_sensitivity=float(raw.get("target_sensitivity", TARGET_SENSITIVITY)),
                    sensitivity=raw.get("sensitivity"), specificity=raw.get("specificity"),
                    sensitivity_interval=pair(raw.get("sensitivity_interval")),
-                   specificity_interval=pair(raw.get("specificity_interval")))
+                   specificity_interval=pair(raw.get("specificity_interval")),
+                   basis=str(raw.get("basis", "validation photos")),
+                   sequence=cls.from_json(raw["sequence"]) if raw.get("sequence") else None)
 
 
 def malignant_probability(probs: np.ndarray, classes: Sequence[str], malignant: Sequence[str]) -> np.ndarray:
@@ -126,9 +141,31 @@ def fit(p_by_framing: Mapping[str, np.ndarray], truth: np.ndarray, groups: np.nd
     Returns the rule and the validation figures of each framing."""
     threshold = min(threshold_for(p, truth, target) for p in p_by_framing.values())
     figures = {name: operating_point(p, truth, threshold, groups) for name, p in p_by_framing.items()}
-    main = figures[primary]
-    rule = TriageRule(threshold=threshold, malignant=tuple(malignant), target_sensitivity=target,
-                      sensitivity=main["sensitivity"], specificity=main["specificity"],
-                      sensitivity_interval=tuple(main["sensitivity_interval"]) if main["sensitivity_interval"] else None,
-                      specificity_interval=tuple(main["specificity_interval"]) if main["specificity_interval"] else None)
-    return rule, figures
+    return _rule(threshold, figures[primary], malignant, target, "validation photos"), figures
+
+
+def _rule(threshold: float, figures: Mapping[str, Any], malignant: Sequence[str], target: float,
+          basis: str) -> TriageRule:
+    return TriageRule(threshold=threshold, malignant=tuple(malignant), target_sensitivity=target,
+                      sensitivity=figures["sensitivity"], specificity=figures["specificity"],
+                      sensitivity_interval=tuple(figures["sensitivity_interval"]) if figures["sensitivity_interval"] else None,
+                      specificity_interval=tuple(figures["specificity_interval"]) if figures["specificity_interval"] else None,
+                      basis=basis)
+
+
+MIN_SEQUENCE_POSITIVES = 20
+
+
+def fit_sequence(rule: TriageRule, p_sequence: np.ndarray, truth: np.ndarray,
+                 min_positives: int = MIN_SEQUENCE_POSITIVES) -> tuple[TriageRule, dict[str, Any] | None]:
+    """Add the sequence rule: the highest threshold flagging at least the target share of validation
+    lesions' sequences (one row per lesion with two or more photos). With fewer than `min_positives`
+    malignant lesions a threshold would be noise: sequences then keep the photo rule."""
+    truth = np.asarray(truth, dtype=bool)
+    if truth.sum() < min_positives:
+        return rule, None
+    threshold = threshold_for(p_sequence, truth, rule.target_sensitivity)
+    figures = operating_point(p_sequence, truth, threshold)
+    sequence = _rule(threshold, figures, rule.malignant, rule.target_sensitivity,
+                     "validation lesions' sequences of 2+ photos")
+    return replace(rule, sequence=sequence), figures

@@ -125,22 +125,32 @@ def test_triage_leads_every_output(files: dict[str, str], tmp_path: Path, capsys
     """With a triage rule in the card the decision's headline comes first in the JSON and the text,
     and the rule's operating point is printed (threshold 0: every photo is referred)."""
     weights = tmp_path / "weights"
-    rule = TriageRule(threshold=0.0, malignant=("akiec", "bcc", "mel"), sensitivity=0.9, specificity=0.7)
+    malignant = ("akiec", "bcc", "mel")
+    sequences = TriageRule(threshold=0.999, malignant=malignant, sensitivity=0.92, specificity=0.5,
+                           basis="validation lesions' sequences of 2+ photos")
+    rule = TriageRule(threshold=0.0, malignant=malignant, sensitivity=0.9, specificity=0.7, sequence=sequences)
     checkpoint.save(build_tiny_model(), weights, ModelCard(name="test", trust=TrustSettings(triage=rule)))
     assert main(["predict", files["good"], files["later"], "--sequence", "--json", "--weights", str(weights)]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["triage"]["threshold"] == 0.0
+    assert result["triage"]["threshold"] == 0.0 and result["triage"]["sequence"]["threshold"] == 0.999
     for entry in [*result["images"], result["sequence"]]:
         d = entry["decision"]
-        assert entry["status"] == d["status"] == "see_dermatologist" and d["refer"] is True
-        assert d["headline"].endswith(": see a dermatologist")
         p = entry["probabilities"]
         assert d["malignant_probability"] == pytest.approx(p["akiec"] + p["bcc"] + p["mel"], abs=1e-6)
+    for entry in result["images"]:
+        assert entry["status"] == entry["decision"]["status"] == "see_dermatologist" and entry["decision"]["refer"]
+        assert entry["decision"]["headline"].endswith(": see a dermatologist")
+    # the sequence is judged by its own threshold, fitted on sequences
+    assert result["sequence"]["decision"]["refer"] is False
+    assert "below the triage threshold 99.9%" in result["sequence"]["decision"]["detail"]
     assert main(["predict", files["good"], "--weights", str(weights)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith(f"{files['good']}: ") and ": see a dermatologist | malignant " in lines[0]
-    assert lines[1] == "See a dermatologist when the malignant probability is at least 0.0% (chosen on validation " \
-                       "photos for sensitivity \u2265 90%: sensitivity 90%, specificity 70%)."
+    assert lines[1] == ("See a dermatologist when the probability of a malignant lesion (akiec + bcc + mel) is at least "
+                        "0.0% for a photo (chosen on validation photos for sensitivity \u2265 90%: sensitivity 90%, "
+                        "specificity 70%), and at least 99.9% for a sequence of photos of one lesion (chosen on "
+                        "validation lesions' sequences of 2+ photos for sensitivity \u2265 90%: sensitivity 92%, "
+                        "specificity 50%).")
     assert lines[-1] == DISCLAIMER
 
 

@@ -57,3 +57,23 @@ def test_operating_point_counts_whole_lesions_in_the_bootstrap() -> None:
     same = triage.operating_point(p, truth, 0.55, groups=np.zeros(20))  # one lesion: every resample is the same
     assert same["sensitivity_interval"] == pytest.approx([same["sensitivity"]] * 2)
     assert same["sensitivity"] == pytest.approx(0.9) and same["specificity"] == pytest.approx(0.9)
+
+
+def test_sequences_get_their_own_threshold_when_validation_has_enough_malignant_lesions() -> None:
+    """Pooling photos shrinks a sequence's malignant probability towards the middle: a photo's threshold
+    would lose sequences' sensitivity, so sequences get the threshold that keeps the target on them."""
+    rng = np.random.default_rng(2)
+    truth = rng.random(300) < 0.3
+    photos = np.where(truth, rng.beta(6, 2, 300), rng.beta(2, 6, 300))
+    rule, _ = triage.fit({"full": photos}, truth, np.arange(300), MAL, target=0.9)
+    seq_truth = rng.random(120) < 0.3
+    pooled = np.where(seq_truth, rng.beta(3, 3, 120), rng.beta(2, 6, 120))
+    assert (pooled[seq_truth] >= rule.threshold).mean() < 0.9  # the photo rule would miss sequences
+    fitted, figures = triage.fit_sequence(rule, pooled, seq_truth)
+    seq = fitted.for_sequences()
+    assert seq is fitted.sequence and seq.threshold < rule.threshold and figures["sensitivity"] >= 0.9
+    assert (pooled[seq_truth] >= seq.threshold).mean() >= 0.9 and "sequences" in seq.operating_point()
+    assert fitted.threshold == rule.threshold  # photos keep theirs
+    assert TriageRule.from_json(fitted.to_json()) == fitted
+    few, none = triage.fit_sequence(rule, pooled[:30], seq_truth[:30])  # too few malignant lesions: keep the photo rule
+    assert none is None and few.for_sequences() is few
