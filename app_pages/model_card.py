@@ -114,8 +114,9 @@ if single:
     if ood:
         st.subheader("Out-of-distribution rejection")
         st.markdown(f"Real test photos against {ood['n_outliers']} images that are not dermatoscopic photos "
-                    f"(scikit-image samples, generated documents, screenshots, noise, blank images, and blurred or "
-                    f"badly exposed test photos): **AUROC {ood['auroc']:.3f}**; outliers rejected "
+                    f"(ordinary photos: the sample images scikit-image, scikit-learn and matplotlib install, each "
+                    f"whole, centre-cropped and zoomed; generated documents, screenshots, noise, blank images; and "
+                    f"blurred or badly exposed test photos): **AUROC {ood['auroc']:.3f}**; outliers rejected "
                     f"{ood['outliers_rejected']:.0%}; real photos wrongly rejected: "
                     + ", ".join(f"{k} {v:.1%}" for k, v in ood["real_wrongly_rejected"].items()) + ".")
         st.dataframe(pd.DataFrame([{"kind": k, "rejected": v} for k, v in ood["outliers_rejected_by_kind"].items()]),

@@ -83,10 +83,12 @@ def table_metadata(table: pd.DataFrame) -> np.ndarray:
 
 @dataclass
 class Encoded:
-    """Pooled features (N, F) and raw, uncalibrated photo logits (N, 7) of N photos."""
+    """Pooled features (N, F), raw, uncalibrated photo logits (N, 7) and the middle block's texture
+    statistics (N, 2C, for the out-of-distribution check) of N photos, from one forward."""
 
     features: torch.Tensor
     logits: torch.Tensor
+    textures: torch.Tensor | None = None
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """(features, logits) as numpy arrays on the CPU, for the fits and reports that work on arrays."""
@@ -111,17 +113,18 @@ def encode(model: SkinLesionNet, photos: Sequence[Image.Image] | torch.Tensor,
     patient context rows `meta` (N, META_DIM) when given. Inputs are built from the model's
     data config (`model.data_config`, which comes from its card)."""
     device = device_of(model)
-    feats, logits = [], []
+    feats, logits, textures = [], [], []
     for start in range(0, len(photos), batch_size):
         x = preprocess(photos[start:start + batch_size], model.data_config).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        f = model.features(x)
+        f, t = model.features_and_texture(x)
         feats.append(f.float())
+        textures.append(t)
         logits.append(model.photo_logits(f, _rows(meta, start, start + len(x), device)).float())
     if not feats:
         raise ValueError("no photos given")
-    return Encoded(torch.cat(feats), torch.cat(logits))
+    return Encoded(torch.cat(feats), torch.cat(logits), torch.cat(textures))
 
 
 def shown_probabilities(model: SkinLesionNet, logits: torch.Tensor | np.ndarray, kind: Kind = "photo") -> torch.Tensor:
@@ -153,9 +156,9 @@ class Scorer(nn.Module):
         self.last: Encoded | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.model.features(x)
+        feats, textures = self.model.features_and_texture(x)
         raw = self.model.photo_logits(feats, self.meta)
-        self.last = Encoded(feats.detach().float(), raw.detach().float())
+        self.last = Encoded(feats.detach().float(), raw.detach().float(), textures)
         return self.model.calibrated(raw, "photo")
 
 

@@ -182,7 +182,7 @@ class Predictor:
     def _prediction(self, photos: list[Image.Image], encoded: engine.Encoded, sequence: bool | None) -> Prediction:
         """The one place a Prediction is assembled from a forward's features and raw logits."""
         shown = _probs(engine.shown_probabilities(self.model, encoded.logits, "photo"))
-        verdicts = self.check(photos, encoded.features)
+        verdicts = self.check(photos, encoded)
         accepted = [i for i, v in enumerate(verdicts) if v is None or not v.rejected][-self.card.max_sequence:]
         seq = None
         if len(accepted) > 1 and sequence is not False:  # one accepted photo is a photo, not a sequence
@@ -214,9 +214,10 @@ class Predictor:
                                            method or self.default_cam_method)
         return Analysis(self._prediction(photos, explained.encoded, sequence), explained.heatmaps)
 
-    def check(self, photos: list[Image.Image], feats: torch.Tensor) -> list[ood.OODVerdict | None]:
-        """The out-of-distribution verdict of each photo (None when the weights carry no OOD fit)."""
-        return ood.check(photos, feats, self.model.ood_means, self.model.ood_precision, self.card.trust.ood or {})
+    def check(self, photos: list[Image.Image], encoded: engine.Encoded) -> list[ood.OODVerdict | None]:
+        """The out-of-distribution verdict of each photo from its forward (None when the weights carry no OOD fit)."""
+        return ood.check(photos, encoded.features, self.model.ood_reference(), self.card.trust.ood or {},
+                         encoded.textures)
 
     def predict_each(self, images: Sequence[ImageSource], batch_size: int = 32, **context: Any) -> Prediction:
         """Score unrelated photos independently, in batches (no sequence)."""

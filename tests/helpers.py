@@ -80,7 +80,7 @@ class StubEncoder(torch.nn.Module):
 backbones.register(STUB_BACKBONE, backbones.Backbone(
     build=lambda image_size, pretrained: StubEncoder(),
     early_layers=lambda enc, n: [enc.stem, *enc.blocks[:n]] if n > 0 else [],
-    cam_layer=lambda enc: enc.blocks[-1]))
+    cam_layer=lambda enc: enc.blocks[-1], ood_layer=lambda enc: enc.blocks[1]))
 
 
 def build_tiny_model(seed: int = 0, backbone: str = STUB_BACKBONE) -> SkinLesionNet:

@@ -3,7 +3,7 @@ read (by the app's model card page, or a script) without loading torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from skin_model.constants import IMAGE_SIZE, MEAN, STD
 
@@ -28,6 +28,8 @@ class DataConfig:
     std: tuple[float, float, float] = STD
     interpolation: str = "bilinear"
     input_height: int | None = None
+    # (height, width) of the network's input, set from the fields above (read on every photo's path)
+    input_size: tuple[int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.image_size, int) or not 32 <= self.image_size <= 1024:
@@ -39,11 +41,7 @@ class DataConfig:
             raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("mean and std must hold three values each, std positive")
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        """(height, width) of the network's input."""
-        return (self.input_height or self.image_size, self.image_size)
+        object.__setattr__(self, "input_size", (self.input_height or self.image_size, self.image_size))
 
     @property
     def encoder_size(self) -> int | tuple[int, int]:

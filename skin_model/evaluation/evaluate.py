@@ -43,8 +43,8 @@ def calibrated_probs(model: SkinLesionNet, logits: np.ndarray, kind: engine.Kind
 
 def ood_scores(model: SkinLesionNet, card: ModelCard, photos: list[Image.Image]) -> tuple[np.ndarray, list[str | None]]:
     """Out-of-distribution score (> 1 rejects) and reason of each photo, as the predictor decides."""
-    feats = engine.encode(model, photos).features
-    verdicts = ood.check(photos, feats, model.ood_means, model.ood_precision, card.trust.ood or {})
+    encoded = engine.encode(model, photos)
+    verdicts = ood.check(photos, encoded.features, model.ood_reference(), card.trust.ood or {}, encoded.textures)
     return np.array([v.score for v in verdicts]), [v.reason for v in verdicts]
 
 

@@ -1,9 +1,13 @@
 """An offline evaluation set of images that are not dermatoscopic photos of a skin
-lesion: scikit-image's sample photos, generated images (blank, noise, gradients,
-documents, screenshots) and corrupted versions of real test photos (heavy blur,
-over- and under-exposure)."""
+lesion: ordinary photos (every sample image that scikit-image, scikit-learn and matplotlib
+install, each whole, as a centre square crop and zoomed, as users frame photos),
+generated images (blank, noise, gradients, documents, screenshots) and corrupted versions
+of real test photos (heavy blur, over- and under-exposure)."""
 
 from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
@@ -35,6 +39,37 @@ def skimage_photos() -> list[tuple[str, Image.Image]]:
             out.append((f"skimage:{name}", _to_pil(getattr(data, name)())))
         except Exception:  # a sample that needs a download is simply left out
             continue
+    return out
+
+
+def _sample_files() -> list[Path]:
+    """The sample images the installed scikit-image, scikit-learn and matplotlib ship (none is downloaded)."""
+    found: list[Path] = []
+    for module, folder, pattern in (("skimage", "data", "*"), ("sklearn", "datasets/images", "*.jpg"),
+                                    ("matplotlib", "mpl-data/sample_data", "*")):
+        try:
+            root = Path(import_module(module).__file__).parent / folder
+        except ImportError:
+            continue
+        found += sorted(f for f in root.glob(pattern) if f.suffix.lower() in (".png", ".jpg", ".gif"))
+    return found
+
+
+def ordinary_photos(min_side: int = 64) -> list[tuple[str, Image.Image]]:
+    """Ordinary, non-dermoscopic photos in the framings users send (whole, centre square crop, zoom):
+    ~31 sample images x 3 = ~93 with scikit-image, scikit-learn and matplotlib installed."""
+    from skin_model.data.transforms import VARIANTS
+
+    out = []
+    for path in _sample_files():
+        try:
+            with Image.open(path) as img:
+                photo = img.convert("RGB")
+        except (OSError, ValueError):
+            continue
+        if min(photo.size) < min_side:  # icons, not photos
+            continue
+        out += [(f"ordinary:{path.name}:{name}", variant(photo)) for name, variant in VARIANTS.items()]
     return out
 
 
@@ -87,4 +122,4 @@ def build(test_photos: list[Image.Image], n_corrupted: int = 100, seed: int = 0)
     """The whole out-of-distribution set: names (kind:detail) and images."""
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(test_photos), size=min(n_corrupted, len(test_photos)), replace=False) if test_photos else []
-    return skimage_photos() + generated(seed) + corrupted([test_photos[i] for i in pick], seed)
+    return ordinary_photos() + skimage_photos() + generated(seed) + corrupted([test_photos[i] for i in pick], seed)

@@ -69,10 +69,13 @@ class Backbone:
     build: Callable[[int | tuple[int, int], bool], nn.Module]  # (side or (height, width), pretrained) -> encoder
     early_layers: Callable[[nn.Module, int], list[nn.Module]]  # the stem and the first n blocks
     cam_layer: Callable[[nn.Module], nn.Module]  # the last convolutional block
+    # the block whose texture statistics the out-of-distribution check reads (None: the CAM layer)
+    ood_layer: Callable[[nn.Module], nn.Module] | None = None
 
 
 REGISTRY: dict[str, Backbone] = {
-    name: Backbone(partial(_lite_encoder, name), _lite_early_layers, lambda encoder: encoder._blocks[-1])
+    name: Backbone(partial(_lite_encoder, name), _lite_early_layers, lambda encoder: encoder._blocks[-1],
+                   lambda encoder: encoder._blocks[len(encoder._blocks) // 2 - 1])  # Lite0: block 7 of 16, 80 channels
     for name in BACKBONES
 }
 
@@ -102,3 +105,17 @@ def early_layers(name: str, encoder: nn.Module, n_blocks: int) -> list[nn.Module
 def cam_layer(name: str, encoder: nn.Module) -> nn.Module:
     """The last convolutional block, where Grad-CAM looks."""
     return get(name).cam_layer(encoder)
+
+
+def ood_layer(name: str, encoder: nn.Module) -> nn.Module:
+    """The middle block, whose texture statistics tell dermatoscopic photos from others (trust/ood.py)."""
+    backbone = get(name)
+    return (backbone.ood_layer or backbone.cam_layer)(encoder)
+
+
+def out_channels(layer: nn.Module) -> int:
+    """Channels a block outputs: its last BatchNorm's (every block of these CNNs ends in one)."""
+    norms = [m for m in layer.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:
+        raise ValueError(f"cannot tell how many channels {type(layer).__name__} outputs (no BatchNorm2d)")
+    return norms[-1].num_features

@@ -110,7 +110,9 @@ def load(directory: str | Path | None = None, strict: bool = True) -> tuple[Skin
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
     # Weights from before the sequence pooling and the confidence map were fitted use their defaults
     # (full LSTM correction, plain mean; confidence as the temperature leaves it).
-    fitted_later = {"sequence_mix", "sequence_sharpness", "photo_confidence"}
+    # Weights from before the texture check have no texture statistics: the card then has no texture threshold.
+    fitted_later = {"sequence_mix", "sequence_sharpness", "photo_confidence", "ood_texture_mean",
+                    "ood_texture_precision"}
     allowed = {"ood_means", "ood_precision", *fitted_later} if not strict else fitted_later
     if unexpected or set(missing) - allowed:
         raise WeightsError(f"weights do not fit this model: missing {sorted(missing)}, unexpected {sorted(unexpected)}")

@@ -15,8 +15,9 @@ from torch import nn
 
 from skin_model.constants import BACKBONE, CLASSES, IMAGE_SIZE, META_DIM
 from skin_model.data.config import DataConfig
-from skin_model.model.backbones import FEATURE_DIM, build_encoder, cam_layer
+from skin_model.model.backbones import FEATURE_DIM, build_encoder, cam_layer, ood_layer, out_channels
 from skin_model.trust.calibration import confidence_grid, remap_confidence
+from skin_model.trust.ood import Reference, texture
 
 __all__ = ["FEATURE_DIM", "Member", "SkinLesionNet"]
 
@@ -80,11 +81,36 @@ class SkinLesionNet(nn.Module):
         # Out-of-distribution statistics of the encoder's features (see ood.py).
         self.register_buffer("ood_means", torch.zeros(n, FEATURE_DIM))
         self.register_buffer("ood_precision", torch.eye(FEATURE_DIM))
+        # ... and of the middle block's texture statistics (zeros until fitted; see ood.py). The block is looked
+        # up once; a tuple keeps it out of the module tree (its weights are already there, under the encoder).
+        self._ood_layer = (ood_layer(backbone, self.encoder),)
+        width = 2 * out_channels(self.ood_layer)
+        self.register_buffer("ood_texture_mean", torch.zeros(1, width))
+        self.register_buffer("ood_texture_precision", torch.zeros(width, width))
 
     @property
     def cam_layer(self) -> nn.Module:
         """The CNN's last convolutional block, where Grad-CAM looks."""
         return cam_layer(self.backbone, self.encoder)
+
+    @property
+    def ood_layer(self) -> nn.Module:
+        """The middle block, whose texture statistics the out-of-distribution check reads."""
+        return self._ood_layer[0]
+
+    def ood_reference(self) -> Reference:
+        """The fitted statistics of real photos that the out-of-distribution check measures against."""
+        return Reference(self.ood_means, self.ood_precision, self.ood_texture_mean, self.ood_texture_precision)
+
+    def features_and_texture(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`features` and, from the same forward, the middle block's texture statistics (N, 2C)."""
+        grabbed: list[torch.Tensor] = []
+        handle = self.ood_layer.register_forward_hook(lambda module, args, out: grabbed.append(out))
+        try:
+            feats = self.features(images)
+        finally:
+            handle.remove()
+        return feats, texture(grabbed[-1])
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) -> (N, 1280 * (1 + members)) pooled image features, the main encoder's first."""

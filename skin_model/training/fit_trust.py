@@ -75,27 +75,39 @@ def fit(model: SkinLesionNet, ham: Ham10000, seed: int = 0, limit: int | None = 
     train_t, val_t = training_tables(ham.table, seed, limit)
     n = len(CLASSES)
 
-    train_feats, _ = engine.encode(model, _photos(list(train_t.path))).numpy()
-    means, precision = ood.fit_gaussian(train_feats[:, :FEATURE_DIM], train_t.label.to_numpy(), n)
+    # Every framing users send is a real photo: the reference statistics cover all of them, not only full frames.
+    train_photos = _photos(list(train_t.path))
+    train = [engine.encode(model, [variant(p) for p in train_photos]) for variant in VARIANTS.values()]
+    del train_photos
+    train_feats = torch.cat([e.features for e in train])[:, :FEATURE_DIM].cpu().numpy()
+    means, precision = ood.fit_gaussian(train_feats, np.tile(train_t.label.to_numpy(), len(VARIANTS)), n)
     model.ood_means.copy_(torch.as_tensor(means))
     model.ood_precision.copy_(torch.as_tensor(precision))
+    train_textures = torch.cat([e.textures for e in train if e.textures is not None]).cpu().numpy()
+    texture_mean, texture_precision = ood.fit_gaussian(train_textures, np.zeros(len(train_textures), dtype=int), 1)
+    model.ood_texture_mean.copy_(torch.as_tensor(texture_mean))
+    model.ood_texture_precision.copy_(torch.as_tensor(texture_precision))
+    del train, train_feats, train_textures
+    reference = model.ood_reference()
 
     val_photos = _photos(list(val_t.path))
     val_labels = val_t.label.to_numpy()
-    quality_rows, distances = [], []
+    quality_rows, distances, texture_distances = [], [], []
     val_feats = val_logits = None
     framing_logits = {}
     for name, variant in VARIANTS.items():
         imgs = [variant(p) for p in val_photos]
-        feats, logits = engine.encode(model, imgs).numpy()
+        encoded = engine.encode(model, imgs)
+        feats, logits = encoded.numpy()
         framing_logits[name] = logits
         if name == "full":
             val_feats, val_logits = feats, logits
         quality_rows += [ood.quality(img) for img in imgs]
-        distances.append(ood.mahalanobis(torch.as_tensor(feats, device=model.ood_means.device), model.ood_means,
-                                         model.ood_precision).cpu().numpy())
+        distances.append(ood.mahalanobis(encoded.features, reference.means, reference.precision).cpu().numpy())
+        texture_distances.append(ood.mahalanobis(encoded.textures, reference.texture_mean,
+                                                 reference.texture_precision).cpu().numpy())
     assert val_feats is not None and val_logits is not None
-    thresholds = ood.fit_thresholds(quality_rows, np.concatenate(distances))
+    thresholds = ood.fit_thresholds(quality_rows, distances, texture_distances=texture_distances)
 
     counts = np.bincount(train_t.label.to_numpy(), minlength=n)
     photo_fit = fit_calibration(val_logits, val_labels, counts)

@@ -827,7 +827,9 @@ def test_a_photo_crosses_at_most_twelve_project_files(app_env: Path, lesion_phot
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """From upload to screen (decode, analyse with heatmaps, decide, draw), once the model is loaded: the
     project files whose code runs, traced call by call. The path used to cross 16 files and double back;
-    the redesign brought it to 10, and the triage decision (its rule and the decision) adds two steps."""
+    the redesign brought it to 10, and the triage decision (its rule and the decision) adds two steps. The
+    texture check runs inside the same forward and adds none (the network looks its block up once, the data
+    config holds the input size as a field)."""
     import sys
     import threading
 

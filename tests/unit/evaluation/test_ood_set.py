@@ -76,7 +76,23 @@ def test_corrupted_gives_three_versions_per_photo() -> None:
 
 def test_build_without_photos_is_the_samples_and_the_generated_images() -> None:
     items = ood_set.build([])
-    assert _kinds(items) - _kinds(ood_set.skimage_photos()) == _kinds(ood_set.generated())
+    assert _kinds(items) - _kinds(ood_set.skimage_photos()) - _kinds(ood_set.ordinary_photos()) == _kinds(
+        ood_set.generated())
+
+
+def test_ordinary_photos_are_at_least_60_in_the_three_framings() -> None:
+    """Issue #14: at least 60 ordinary photos, from what installs offline, framed as users frame photos."""
+    pytest.importorskip("skimage")
+    pytest.importorskip("matplotlib")
+    items = ood_set.ordinary_photos()
+    _check_images(items)
+    assert len(items) >= 60 and _kinds(items) == {"ordinary": len(items)}
+    names = {n for n, _ in items}
+    assert {"ordinary:coffee.png:full", "ordinary:coffee.png:centre_crop", "ordinary:coffee.png:zoom_0.6",
+            "ordinary:grace_hopper.jpg:full"} <= names
+    sizes = {n.rsplit(":", 1)[1]: img.size for n, img in items if n.startswith("ordinary:coffee.png:")}
+    assert sizes["centre_crop"][0] == sizes["centre_crop"][1] == min(sizes["full"])
+    assert sizes["zoom_0.6"][0] == round(0.6 * min(sizes["full"]))
 
 
 def test_build_includes_skimage_samples_and_corrupts_some_photos() -> None:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from helpers import STUB_BACKBONE, build_tiny_model
 
+from skin_model import engine
 from skin_model.cli import main
 from skin_model.constants import CARD_FILE
-from skin_model.engine import preprocess
 from skin_model.explain.cam import METHODS, Explainer
 from skin_model.model import checkpoint
 from skin_model.model.card import DatasetInfo, ModelCard
@@ -54,10 +54,10 @@ def test_photo_logits_are_the_mean_of_the_members(sources, combined, lesion_phot
     ensemble, card = checkpoint.load(combined)
     photos = [lesion_photo(), lesion_photo(centre=(0.3, 0.7), seed=1)]
     with torch.no_grad():
-        feats = ensemble.features(preprocess(photos, ensemble.data_config))
+        feats = ensemble.features(engine.preprocess(photos, ensemble.data_config))
         logits = ensemble.photo_logits(feats)
-        a = main_model.photo_logits(main_model.features(preprocess(photos, main_model.data_config)))
-        b = other.photo_logits(other.features(preprocess(photos, other.data_config)))
+        a = main_model.photo_logits(main_model.features(engine.preprocess(photos, main_model.data_config)))
+        b = other.photo_logits(other.features(engine.preprocess(photos, other.data_config)))
     assert feats.shape == (2, 2 * FEATURE_DIM)
     # the member resizes the batch itself (bilinear), close to decoding at its own size
     assert torch.allclose(logits, (a + b) / 2, atol=0.1)
@@ -81,8 +81,7 @@ def test_ensemble_serves_predictions_sequences_and_heatmaps(combined, lesion_pho
     photos = [lesion_photo(), lesion_photo(centre=(0.3, 0.7), seed=1)]
     result = predictor.predict(photos, age=50, sex="female", site="back")
     assert result.sequence is not None and abs(sum(result.sequence.values()) - 1) < 1e-5
-    feats = predictor.model.features(preprocess(photos, predictor.model.data_config))
-    assert len(predictor.check(photos, feats)) == 2  # the OOD distance reads the main features only
+    assert len(predictor.check(photos, engine.encode(predictor.model, photos))) == 2  # main features only
     explainer = predictor.explainer
     assert isinstance(explainer, Explainer)
     for method in METHODS:

@@ -26,7 +26,7 @@ from skin_model.trust.triage import TriageRule
 
 CPU = torch.device("cpu")
 LIMIT = 10
-OOD_KEYS = {"feature_distance", "min_contrast", "min_sharpness", "min_brightness", "max_brightness"}
+OOD_KEYS = {"feature_distance", "texture_distance", "min_contrast", "min_sharpness", "min_brightness", "max_brightness"}
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +86,13 @@ def test_fit_sets_the_ood_statistics(fitted) -> None:
     assert not torch.allclose(model.ood_precision, torch.eye(model.ood_precision.shape[0]))
     assert torch.isfinite(model.ood_means).all() and torch.isfinite(model.ood_precision).all()
     assert torch.allclose(model.ood_precision, model.ood_precision.T, atol=1e-2 * model.ood_precision.abs().max())
+    # the texture reference of the middle block is fitted too (all zeros before)
+    assert torch.count_nonzero(before["ood_texture_mean"]) == 0 and torch.count_nonzero(model.ood_texture_mean) > 0
+    assert torch.isfinite(model.ood_texture_precision).all() and torch.count_nonzero(model.ood_texture_precision) > 0
     # only the trust buffers change: the network's weights are untouched
     trust_buffers = {"photo_bias", "photo_temperature", "photo_confidence", "sequence_bias", "sequence_temperature",
-                     "sequence_mix", "sequence_sharpness", "ood_means", "ood_precision"}
+                     "sequence_mix", "sequence_sharpness", "ood_means", "ood_precision", "ood_texture_mean",
+                     "ood_texture_precision"}
     for name, value in model.state_dict().items():
         if name not in trust_buffers:
             assert torch.equal(value, before[name]), name
@@ -100,7 +104,7 @@ def test_fit_returns_the_card_entries(fitted) -> None:
     assert 0.0 < card["inconclusive_below"] < 1.0
     rule, figures = card["triage"], card["triage_validation"]
     assert isinstance(rule, TriageRule) and 0.0 <= rule.threshold <= 1.0
-    assert set(figures) == set(VARIANTS)  # chosen over every framing users send
+    assert set(VARIANTS) <= set(figures) <= {*VARIANTS, "multi_photo_lesions_sequence"}  # every framing users send
     assert all(op["sensitivity"] >= rule.target_sensitivity for op in figures.values())
     assert rule.sensitivity == figures["full"]["sensitivity"]
     assert set(card["ood"]) == OOD_KEYS
@@ -133,8 +137,8 @@ def test_fitted_card_drives_the_predictor(fitted) -> None:
 
 def test_limit_keeps_it_small(fitted) -> None:
     *_, scored = fitted
-    # train features once, then each of the three framings of validation, LIMIT photos each
-    assert scored == [LIMIT] * 4
+    # train photos in each of the three framings (the OOD reference), then each framing of validation, LIMIT each
+    assert scored == [LIMIT] * 6
 
 
 def _lesions(logits: list[list[list[float]]], labels: list[int]) -> tuple[pd.DataFrame, np.ndarray]:

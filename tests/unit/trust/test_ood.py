@@ -318,3 +318,75 @@ def test_predict_each_carries_the_verdicts(guarded: Predictor) -> None:
     assert len(result.ood) == 2
     assert result.status(1) == "out_of_distribution" and result.ood[1].reason == "blank"
     assert result.status(0) in ("answered", "inconclusive")
+
+
+# --- per-framing thresholds and the texture check ---------------------------------------------------
+
+def test_thresholds_hold_in_every_framing() -> None:
+    """Zoomed photos sit further from the reference: a pooled quantile would refuse them far more often
+    than the quantile says; the highest of the framings' quantiles refuses none more than that."""
+    rng = np.random.default_rng(3)
+    full, zoom = rng.gamma(10, 0.1, 2000), rng.gamma(10, 0.1, 2000) + 0.5
+    rows = [{"contrast": 30.0, "sharpness": 50.0, "brightness": 120.0}]
+    pooled = fit_thresholds(rows, np.concatenate([full, zoom]), feature_quantile=0.99)["feature_distance"]
+    assert (zoom > pooled).mean() > 0.015
+    t = fit_thresholds(rows, [full, zoom], feature_quantile=0.99, texture_distances=[full, 2 * zoom],
+                       texture_quantile=0.98)
+    assert all((d > t["feature_distance"]).mean() <= 0.01 for d in (full, zoom))
+    assert t["texture_distance"] == pytest.approx(np.quantile(2 * zoom, 0.98))
+    assert "texture_distance" not in fit_thresholds(rows, [full, zoom])
+
+
+def test_the_texture_distance_refuses_when_fitted_and_is_ignored_by_older_cards() -> None:
+    q = {"contrast": 40.0, "sharpness": 80.0, "brightness": 120.0}
+    old = {"feature_distance": 2.0, "min_contrast": 5.0, "min_sharpness": 5.0, "min_brightness": 40.0,
+           "max_brightness": 230.0}
+    assert not verdict(q, 1.0, old, texture_distance=50.0).rejected  # a card without the texture threshold
+    new = {**old, "texture_distance": 4.0}
+    assert not verdict(q, 1.0, new, texture_distance=3.0).rejected
+    refused = verdict(q, 1.0, new, texture_distance=6.0)
+    assert refused.rejected and refused.reason == "features" and refused.score == pytest.approx(1.5)
+
+
+def test_texture_statistics_come_from_the_same_forward_and_leave_no_hook(tiny_weights: Path) -> None:
+    model = load_predictor(tiny_weights, device="cpu").model
+    x = preprocess(_photos(3, seed=4), model.data_config)
+    with torch.no_grad():
+        feats, textures = model.features_and_texture(x)
+        assert torch.equal(feats, model.features(x))
+    channels = model.ood_texture_mean.shape[1] // 2
+    assert textures.shape == (3, 2 * channels) and not model.ood_layer._forward_hooks
+    with torch.no_grad():  # the stub's middle block is blocks[1]: its output's channel means and deviations
+        middle = model.encoder.blocks[1](model.encoder.blocks[0](model.encoder.stem(x)))
+    torch.testing.assert_close(textures, ood.texture(middle))
+
+
+def test_the_predictor_refuses_a_photo_whose_texture_is_unlike_real_photos(tiny_weights: Path) -> None:
+    """Final features that do not tell this image apart (feature threshold never reached) and the quality
+    checks passed: the texture statistics of the middle block still refuse it, and accept lesion photos."""
+    predictor = load_predictor(tiny_weights, device="cpu")
+    model = predictor.model
+    train, val = _photos(40, seed=21), _photos(12, seed=22)
+    with torch.no_grad():
+        t = torch.cat([model.features_and_texture(preprocess([v(p) for p in train], model.data_config))[1]
+                       for v in VARIANTS.values()]).numpy()
+        mean, precision = fit_gaussian(t, np.zeros(len(t), dtype=int), 1)
+        model.ood_texture_mean.copy_(torch.as_tensor(mean))
+        model.ood_texture_precision.copy_(torch.as_tensor(precision))
+        ref = model.ood_reference()
+        rows, textures = [], []
+        for variant in VARIANTS.values():
+            imgs = [variant(p) for p in val]
+            rows += [quality(img) for img in imgs]
+            textures.append(mahalanobis(model.features_and_texture(preprocess(imgs, model.data_config))[1],
+                                        ref.texture_mean, ref.texture_precision).numpy())
+    thresholds = {**fit_thresholds(rows, np.zeros(3), texture_distances=textures), "feature_distance": 1e9}
+    predictor.card = replace(predictor.card, trust=replace(predictor.card.trust, ood=thresholds))
+    stripes = np.zeros((150, 200, 3), dtype=np.uint8)
+    stripes[:, ::8] = (40, 160, 60)
+    stripes[::8] = (200, 200, 40)
+    stripes += np.uint8(90)
+    ordinary = Image.fromarray(stripes)
+    result = predictor.predict([ordinary, *_photos(3, seed=23)], sequence=False)
+    assert result.status(0) == "out_of_distribution" and result.ood[0].reason == "features"
+    assert [result.status(i) for i in (1, 2, 3)].count("out_of_distribution") == 0
