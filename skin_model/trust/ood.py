@@ -62,8 +62,8 @@ class Reference:
 
     means: torch.Tensor
     precision: torch.Tensor
-    texture_mean: torch.Tensor | None = None
-    texture_precision: torch.Tensor | None = None
+    texture_mean: torch.Tensor
+    texture_precision: torch.Tensor
 
 
 @dataclass
@@ -168,6 +168,6 @@ def check(photos: list[Image.Image], feats: torch.Tensor, reference: Reference, 
         return [None] * len(photos)
     dist = mahalanobis(feats, reference.means, reference.precision).cpu().tolist()
     texture_dist: list[float | None] = [None] * len(photos)
-    if textures is not None and reference.texture_mean is not None and reference.texture_precision is not None:
+    if textures is not None and thresholds.get("texture_distance"):  # cards from before the texture check: skip it
         texture_dist = mahalanobis(textures, reference.texture_mean, reference.texture_precision).cpu().tolist()
     return [verdict(quality(p), d, thresholds, td) for p, d, td in zip(photos, dist, texture_dist)]
