@@ -71,8 +71,16 @@ class StubEncoder(torch.nn.Module):
         self.blocks = nn.ModuleList([block(16, 32, 3, 4), block(32, 64, 3, 4), block(64, 1280, 1, 1)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.suffix(self.prefix(x, 0), 0)
+
+    def prefix(self, x: torch.Tensor, n: int) -> torch.Tensor:
         x = self.stem(x)
-        for b in self.blocks:
+        for b in self.blocks[:n]:
+            x = b(x)
+        return x
+
+    def suffix(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        for b in self.blocks[n:]:
             x = b(x)
         return x.mean((2, 3))
 
@@ -80,7 +88,8 @@ class StubEncoder(torch.nn.Module):
 backbones.register(STUB_BACKBONE, backbones.Backbone(
     build=lambda image_size, pretrained: StubEncoder(),
     early_layers=lambda enc, n: [enc.stem, *enc.blocks[:n]] if n > 0 else [],
-    cam_layer=lambda enc: enc.blocks[-1], ood_layer=lambda enc: enc.blocks[1]))
+    cam_layer=lambda enc: enc.blocks[-1], ood_layer=lambda enc: enc.blocks[1],
+    prefix=lambda enc, x, n: enc.prefix(x, n), suffix=lambda enc, x, n: enc.suffix(x, n)))
 
 
 def build_tiny_model(seed: int = 0, backbone: str = STUB_BACKBONE) -> SkinLesionNet:

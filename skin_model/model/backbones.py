@@ -62,6 +62,24 @@ def _lite_early_layers(encoder: nn.Module, n_blocks: int) -> list[nn.Module]:
     return [encoder._conv_stem, encoder._bn0, *encoder._blocks[:n_blocks]] if n_blocks > 0 else []
 
 
+def _lite_blocks(encoder: nn.Module, x: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+    """Blocks first..stop-1 with the drop-connect rate each has in the package's own forward."""
+    rate = encoder._global_params.drop_connect_rate
+    for idx in range(first, stop):
+        x = encoder._blocks[idx](x, drop_connect_rate=rate * idx / len(encoder._blocks) if rate else rate)
+    return x
+
+
+def _lite_prefix(encoder: nn.Module, x: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    return _lite_blocks(encoder, encoder._swish(encoder._bn0(encoder._conv_stem(x))), 0, n_blocks)
+
+
+def _lite_suffix(encoder: nn.Module, x: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    x = _lite_blocks(encoder, x, n_blocks, len(encoder._blocks))
+    x = encoder._avg_pooling(encoder._swish(encoder._bn1(encoder._conv_head(x)))).flatten(1)
+    return encoder._fc(encoder._dropout(x))
+
+
 @dataclass(frozen=True)
 class Backbone:
     """How to build an encoder ((N, 3, H, W) -> (N, FEATURE_DIM) pooled features) and find its parts."""
@@ -71,11 +89,16 @@ class Backbone:
     cam_layer: Callable[[nn.Module], nn.Module]  # the last convolutional block
     # the block whose texture statistics the out-of-distribution check reads (None: the CAM layer)
     ood_layer: Callable[[nn.Module], nn.Module] | None = None
+    # the encoder's forward cut after the stem and the first n blocks: prefix(encoder, photos, n) and
+    # suffix(encoder, prefix output, n) -> pooled features (None: training cannot cache a frozen prefix)
+    prefix: Callable[[nn.Module, torch.Tensor, int], torch.Tensor] | None = None
+    suffix: Callable[[nn.Module, torch.Tensor, int], torch.Tensor] | None = None
 
 
 REGISTRY: dict[str, Backbone] = {
     name: Backbone(partial(_lite_encoder, name), _lite_early_layers, lambda encoder: encoder._blocks[-1],
-                   lambda encoder: encoder._blocks[len(encoder._blocks) // 2 - 1])  # Lite0: block 7 of 16, 80 channels
+                   lambda encoder: encoder._blocks[len(encoder._blocks) // 2 - 1],  # Lite0: block 7 of 16, 80 channels
+                   _lite_prefix, _lite_suffix)
     for name in BACKBONES
 }
 
@@ -111,6 +134,16 @@ def ood_layer(name: str, encoder: nn.Module) -> nn.Module:
     """The middle block, whose texture statistics tell dermatoscopic photos from others (trust/ood.py)."""
     backbone = get(name)
     return (backbone.ood_layer or backbone.cam_layer)(encoder)
+
+
+def split_forward(name: str) -> tuple[Callable[[nn.Module, torch.Tensor, int], torch.Tensor],
+                                     Callable[[nn.Module, torch.Tensor, int], torch.Tensor]]:
+    """The encoder's forward in two parts, cut after the stem and the first n blocks, so training can
+    run a frozen prefix once per view and train the rest many times over its stored output."""
+    backbone = get(name)
+    if backbone.prefix is None or backbone.suffix is None:
+        raise ValueError(f"backbone {name!r} cannot split its forward, so training cannot cache a frozen prefix")
+    return backbone.prefix, backbone.suffix
 
 
 def out_channels(layer: nn.Module) -> int:

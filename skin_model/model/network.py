@@ -15,7 +15,7 @@ from torch import nn
 
 from skin_model.constants import BACKBONE, CLASSES, IMAGE_SIZE, META_DIM
 from skin_model.data.config import DataConfig
-from skin_model.model.backbones import FEATURE_DIM, build_encoder, cam_layer, ood_layer, out_channels
+from skin_model.model.backbones import FEATURE_DIM, build_encoder, cam_layer, ood_layer, out_channels, split_forward
 from skin_model.trust.calibration import confidence_grid, remap_confidence
 from skin_model.trust.ood import Reference, texture
 
@@ -118,6 +118,18 @@ class SkinLesionNet(nn.Module):
         if not self.members:
             return feats
         return torch.cat([feats, *(m.features(images).to(feats.dtype) for m in self.members)], dim=-1)
+
+    def prefix(self, images: torch.Tensor, n_blocks: int) -> torch.Tensor:
+        """The main encoder's stem and first `n_blocks` blocks: what training may freeze and cache."""
+        if self.members:
+            raise ValueError("an ensemble's encoders cannot share one cached prefix")
+        return split_forward(self.backbone)[0](self.encoder, images, n_blocks)
+
+    def features_from_prefix(self, prefix_out: torch.Tensor, n_blocks: int) -> torch.Tensor:
+        """The rest of the forward after `prefix`: `features_from_prefix(prefix(x, n), n)` is `features(x)`."""
+        if self.members:
+            raise ValueError("an ensemble's encoders cannot share one cached prefix")
+        return split_forward(self.backbone)[1](self.encoder, prefix_out, n_blocks)
 
     def photo_logits(self, feats: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         """Raw per-photo logits (the mean over the ensemble's members); patient context adds

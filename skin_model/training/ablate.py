@@ -34,6 +34,7 @@ LEVERS: list[tuple[str, dict[str, Any]]] = [
     ("stem + 3 blocks frozen", {"freeze_blocks": 3}),
     ("176 px input", {"image_size": 176}),
     ("the photos' own 200x150 input (no squashing into a square)", {"image_size": 200, "input_height": 150}),
+    ("stem + 8 blocks frozen, trained on 8 cached augmented views a photo", {"freeze_blocks": 8, "cached_views": 8}),
     ("mixup / CutMix on half the batches", {"mixup": 0.5}),
     ("learning rate 3e-4", {"lr": 3e-4}),
     ("no moving average of the weights", {"ema": 0.0}),

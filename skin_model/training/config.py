@@ -11,7 +11,10 @@ from skin_model.data.config import DataConfig
 @dataclass
 class TrainConfig:
     """The training recipe; the defaults are the CPU recipe of the shipped weights (bound it with
-    `time_budget_min`: the learning-rate schedule then follows the clock)."""
+    `time_budget_min`: the learning-rate schedule then follows the clock).
+
+    `cached_views` > 0 runs the frozen stem and first `freeze_blocks` blocks once, on that many augmented
+    views of every training photo, and trains the rest of the network on their stored outputs."""
 
     data: str | None = None
     out: str = "weights"
@@ -28,6 +31,7 @@ class TrainConfig:
     mixup: float = 0.0
     ema: float = 0.998
     views: int = 2
+    cached_views: int = 0
     sequence_steps: int = 2000
     seed: int = 0
     limit: int | None = None

@@ -200,14 +200,43 @@ def new_optimizer(model: SkinLesionNet, cfg: TrainConfig) -> tuple[list[nn.Modul
     return frozen, torch.optim.AdamW(params, lr=cfg.lr * 0.01, weight_decay=cfg.weight_decay)
 
 
+@torch.no_grad()
+def cache_prefix(model: SkinLesionNet, photos: torch.Tensor, n_blocks: int, views: int, seed: int,
+                 device: torch.device, batch_size: int = 64) -> torch.Tensor:
+    """The frozen stem and first `n_blocks` blocks run once on `views` augmented views of every
+    photo: a float16 (views, N, C, h, w) tensor that stage 1 then trains the rest of the network on.
+
+    The views come from their own generator seeded by `seed`, so a resumed run rebuilds the same cache."""
+    gen = torch.Generator(device=device).manual_seed(seed + 7919)
+    was_training = model.training
+    model.eval()
+    cache: torch.Tensor | None = None
+    for view in tqdm(range(views), desc="cache frozen prefix", leave=False):
+        for start in range(0, len(photos), batch_size):
+            x = augment_batch(photos[start:start + batch_size].to(device), model.data_config.input_size, gen)
+            out = model.prefix(_to_device_batch(x, device), n_blocks).to(torch.float16).cpu()
+            if cache is None:
+                cache = torch.empty((views, len(photos), *out.shape[1:]), dtype=torch.float16)
+            cache[view, start:start + len(out)] = out
+    model.train(was_training)
+    if cache is None:
+        raise ValueError("no photos to cache")
+    return cache
+
+
 def train_step(model: SkinLesionNet, opt: torch.optim.Optimizer, loss_fn: nn.Module, photos: torch.Tensor,
                y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, device: torch.device,
-               soft: torch.Tensor | None = None) -> float:
+               soft: torch.Tensor | None = None, prefix_blocks: int = 0) -> float:
     """One optimiser step on a batch of uint8 photos: augment, mix (if asked), forward, backward.
 
     `soft` holds a teacher's probabilities for the photos (distillation): the loss is then
-    `distil_weight` of cross-entropy against them and the rest against the labels."""
-    x = augment_batch(photos, model.data_config.input_size, gen)
+    `distil_weight` of cross-entropy against them and the rest against the labels.
+    With `prefix_blocks` > 0 `photos` are `cache_prefix` outputs of already augmented views, and only
+    the network after that prefix runs."""
+    if prefix_blocks:
+        x = photos.to(device).float()
+    else:
+        x = augment_batch(photos, model.data_config.input_size, gen)
     perm, lam = None, 1.0
     if cfg.mixup and torch.rand(1, device=device, generator=gen).item() < cfg.mixup:
         x, perm, lam = mix(x, gen)
@@ -221,7 +250,9 @@ def train_step(model: SkinLesionNet, opt: torch.optim.Optimizer, loss_fn: nn.Mod
         return (1 - cfg.distil_weight) * hard + cfg.distil_weight * distilled
 
     with _autocast(device, cfg.cpu_bf16):
-        logits = model.photo_logits(model.features(_to_device_batch(x, device, cfg.channels_last)))
+        x = _to_device_batch(x, device, cfg.channels_last)
+        feats = model.features_from_prefix(x, prefix_blocks) if prefix_blocks else model.features(x)
+        logits = model.photo_logits(feats)
         loss = loss_of(logits, None) if perm is None else lam * loss_of(logits, None) + (1 - lam) * loss_of(logits, perm)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -241,7 +272,10 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
     `soft`: a teacher's probabilities for each training photo (see `train_step`).
     After every epoch the whole state (weights, optimiser, schedule, random generators,
     best epoch so far, and `provenance`, e.g. the warm start) goes to `checkpoint_to`;
-    `resume` is such a state, and the run continues from it exactly as if it had never stopped."""
+    `resume` is such a state, and the run continues from it exactly as if it had never stopped.
+    With `cfg.cached_views` the steps draw a photo and one of its cached views (`cache_prefix`)."""
+    if cfg.cached_views and cfg.freeze_blocks < 1:
+        raise ValueError("a cached prefix needs frozen blocks to cache: give --freeze-blocks 1 or more")
     frozen, opt = new_optimizer(model, cfg)
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
     weights = torch.as_tensor(counts[labels] ** (cfg.sampling_power - 1.0), device=device)
@@ -271,6 +305,9 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
         best, history, seen, spent = resume["best"], resume["history"], resume["seen"], resume["seconds"]
         first_epoch = resume["epoch"]
         schedule.done = resume["done"]
+    prefix_blocks = cfg.freeze_blocks if cfg.cached_views else 0
+    if prefix_blocks:
+        bank = cache_prefix(model, photos, prefix_blocks, cfg.cached_views, cfg.seed, device)
     start = time.time() - spent
     for epoch in range(first_epoch, cfg.epochs):
         if schedule.done:
@@ -283,8 +320,12 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
         total = 0.0
         for step in bar:
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            total += train_step(model, opt, loss_fn, bank[idx], y_all[idx], cfg, gen, device,
-                                soft=soft_all[idx] if soft_all is not None else None)
+            if prefix_blocks:
+                batch = bank[torch.randint(0, len(bank), (len(idx),), generator=gen, device=device).cpu(), idx.cpu()]
+            else:
+                batch = bank[idx]
+            total += train_step(model, opt, loss_fn, batch, y_all[idx], cfg, gen, device,
+                                soft=soft_all[idx] if soft_all is not None else None, prefix_blocks=prefix_blocks)
             if ema is not None:
                 ema.update_parameters(model)
             seen += len(idx)

@@ -19,6 +19,9 @@ def test_training_benchmark_writes_its_tables(tmp_path: Path) -> None:
     assert variants[0].startswith("shipped recipe") and "NCHW memory layout" in variants
     for row in result["stage1"]:
         assert row["ms_per_photo"] > 0 and row["epoch_minutes"] > 0
+    cached = [row for row in result["stage1"] if row["changes"].get("cached_views")]
+    assert cached and all(row["cache_ms_per_view"] > 0 for row in cached)
     assert result["features"]["photos_per_second"] > 0 and result["stage2"]["steps_per_second"] > 0
     table = (tmp_path / "train.md").read_text()
     assert table.count("\n| ") == len(variants) + 1 and "minutes an epoch" in table
+    assert "Caching the frozen prefix" in table
