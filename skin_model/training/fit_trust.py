@@ -77,7 +77,7 @@ def fit(model: SkinLesionNet, ham: Ham10000, seed: int = 0, limit: int | None = 
 
     # Every framing users send is a real photo: the reference statistics cover all of them, not only full frames.
     train_photos = _photos(list(train_t.path))
-    train = [engine.encode(model, [variant(p) for p in train_photos], channels_last=True) for variant in VARIANTS.values()]
+    train = [engine.encode(model, [variant(p) for p in train_photos]) for variant in VARIANTS.values()]
     del train_photos
     train_feats = torch.cat([e.features for e in train])[:, :FEATURE_DIM].cpu().numpy()
     means, precision = ood.fit_gaussian(train_feats, np.tile(train_t.label.to_numpy(), len(VARIANTS)), n)
@@ -97,7 +97,9 @@ def fit(model: SkinLesionNet, ham: Ham10000, seed: int = 0, limit: int | None = 
     framing_logits = {}
     for name, variant in VARIANTS.items():
         imgs = [variant(p) for p in val_photos]
-        encoded = engine.encode(model, imgs, channels_last=True)
+        # The predictor's own forward (the engine's default memory layout): a threshold sits exactly on a
+        # validation photo's score, and another layout's rounding would move that photo across it.
+        encoded = engine.encode(model, imgs)
         feats, logits = encoded.numpy()
         framing_logits[name] = logits
         if name == "full":

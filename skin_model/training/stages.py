@@ -283,6 +283,10 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
     bank = photos.to(device)
     y_all = torch.tensor(labels, device=device)
     soft_all = soft.to(device) if soft is not None else None
+    prefix_blocks, cache_start = (cfg.freeze_blocks if cfg.cached_views else 0), time.time()
+    if prefix_blocks:  # before the schedule starts its clock: the budget is for training steps
+        bank = cache_prefix(model, photos, prefix_blocks, cfg.cached_views, cfg.seed, device)
+    cache_seconds = round(time.time() - cache_start, 1)
     steps_per_epoch = max(1, len(labels) // cfg.batch_size)
     schedule = Schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.time_budget_min)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -305,9 +309,6 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
         best, history, seen, spent = resume["best"], resume["history"], resume["seen"], resume["seconds"]
         first_epoch = resume["epoch"]
         schedule.done = resume["done"]
-    prefix_blocks = cfg.freeze_blocks if cfg.cached_views else 0
-    if prefix_blocks:
-        bank = cache_prefix(model, photos, prefix_blocks, cfg.cached_views, cfg.seed, device)
     start = time.time() - spent
     for epoch in range(first_epoch, cfg.epochs):
         if schedule.done:
@@ -354,7 +355,7 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
     model.requires_grad_(True)
     elapsed = time.time() - start
     return {"history": history, "best_epoch": best["epoch"], "seconds": round(elapsed, 1),
-            "photos_per_second": round(seen / max(elapsed, 1e-9), 1)}
+            "photos_per_second": round(seen / max(elapsed, 1e-9), 1), "cache_seconds": cache_seconds}
 
 
 def train_sequence(model: SkinLesionNet, cfg: TrainConfig, feats: np.ndarray, labels: np.ndarray,
