@@ -105,10 +105,16 @@ class StreamlitServer:
                 self.process.wait(timeout=20)
 
 
-def chromium_driver(profile: Path, window: str = "1400,2000"):
-    """A headless Chromium (Selenium) with its own user-data-dir; skips when Chromium is absent."""
+def require_chromium() -> None:
+    """Skip the test when Chromium is absent (call it in the test's own thread: a skip raised in a
+    worker thread would be reported as that session's error)."""
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
         pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium and chromium-driver)")
+
+
+def chromium_driver(profile: Path, window: str = "1400,2000"):
+    """A headless Chromium (Selenium) with its own user-data-dir; skips when Chromium is absent."""
+    require_chromium()
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 

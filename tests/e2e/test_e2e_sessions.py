@@ -22,7 +22,7 @@ from PIL import Image
 
 from skin_model import CLASSES, load_image, load_predictor
 
-from .conftest import REPO, StreamlitServer, chromium_driver
+from .conftest import REPO, StreamlitServer, chromium_driver, require_chromium
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +88,7 @@ def _session(url: str, profile: Path, photo: Path, barrier: threading.Barrier) -
 
 def test_five_sessions_at_once_each_see_only_their_own_photo(ham_dir: Path, server_weights: Path,
                                                              tmp_path: Path) -> None:
+    require_chromium()
     photos = _ham_photos(ham_dir)
     reference = load_predictor(server_weights, device="cpu")
     expected = [reference.predict([load_image(p)]).photos[0] for p in photos]
