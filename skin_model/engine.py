@@ -88,7 +88,7 @@ class Encoded:
 
     features: torch.Tensor
     logits: torch.Tensor
-    textures: torch.Tensor | None = None
+    textures: torch.Tensor
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
         """(features, logits) as numpy arrays on the CPU, for the fits and reports that work on arrays."""

@@ -119,17 +119,18 @@ class SkinLesionNet(nn.Module):
             return feats
         return torch.cat([feats, *(m.features(images).to(feats.dtype) for m in self.members)], dim=-1)
 
-    def prefix(self, images: torch.Tensor, n_blocks: int) -> torch.Tensor:
-        """The main encoder's stem and first `n_blocks` blocks: what training may freeze and cache."""
+    def _split(self) -> tuple:
         if self.members:
             raise ValueError("an ensemble's encoders cannot share one cached prefix")
-        return split_forward(self.backbone)[0](self.encoder, images, n_blocks)
+        return split_forward(self.backbone)
+
+    def prefix(self, images: torch.Tensor, n_blocks: int) -> torch.Tensor:
+        """The main encoder's stem and first `n_blocks` blocks: what training may freeze and cache."""
+        return self._split()[0](self.encoder, images, n_blocks)
 
     def features_from_prefix(self, prefix_out: torch.Tensor, n_blocks: int) -> torch.Tensor:
         """The rest of the forward after `prefix`: `features_from_prefix(prefix(x, n), n)` is `features(x)`."""
-        if self.members:
-            raise ValueError("an ensemble's encoders cannot share one cached prefix")
-        return split_forward(self.backbone)[1](self.encoder, prefix_out, n_blocks)
+        return self._split()[1](self.encoder, prefix_out, n_blocks)
 
     def photo_logits(self, feats: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         """Raw per-photo logits (the mean over the ensemble's members); patient context adds

@@ -83,7 +83,7 @@ def fit(model: SkinLesionNet, ham: Ham10000, seed: int = 0, limit: int | None = 
     means, precision = ood.fit_gaussian(train_feats, np.tile(train_t.label.to_numpy(), len(VARIANTS)), n)
     model.ood_means.copy_(torch.as_tensor(means))
     model.ood_precision.copy_(torch.as_tensor(precision))
-    train_textures = torch.cat([e.textures for e in train if e.textures is not None]).cpu().numpy()
+    train_textures = torch.cat([e.textures for e in train]).cpu().numpy()
     texture_mean, texture_precision = ood.fit_gaussian(train_textures, np.zeros(len(train_textures), dtype=int), 1)
     model.ood_texture_mean.copy_(torch.as_tensor(texture_mean))
     model.ood_texture_precision.copy_(torch.as_tensor(texture_precision))

@@ -280,12 +280,12 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
     weights = torch.as_tensor(counts[labels] ** (cfg.sampling_power - 1.0), device=device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    bank = photos.to(device)
     y_all = torch.tensor(labels, device=device)
     soft_all = soft.to(device) if soft is not None else None
+    # The cache is built before the schedule starts its clock: the budget is for training steps.
     prefix_blocks, cache_start = (cfg.freeze_blocks if cfg.cached_views else 0), time.time()
-    if prefix_blocks:  # before the schedule starts its clock: the budget is for training steps
-        bank = cache_prefix(model, photos, prefix_blocks, cfg.cached_views, cfg.seed, device)
+    bank = (cache_prefix(model, photos, prefix_blocks, cfg.cached_views, cfg.seed, device) if prefix_blocks
+            else photos.to(device))
     cache_seconds = round(time.time() - cache_start, 1)
     steps_per_epoch = max(1, len(labels) // cfg.batch_size)
     schedule = Schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.time_budget_min)
