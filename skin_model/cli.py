@@ -45,11 +45,11 @@ def _flag(text: str) -> bool:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from skin_model.training.ablate import format_table, run
+    from skin_model.training.ablate import choose_levers, format_table, run
     from skin_model.training.config import TrainConfig
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    result = run(cfg, out=args.json_out, budget_min=args.budget_min)
+    result = run(cfg, choose_levers(args.levers), out=args.json_out, budget_min=args.budget_min)
     if args.flags_out:
         Path(args.flags_out).write_text(result["best_flags"] + "\n")
     print(format_table(result))
@@ -291,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--json-out", help="write the ablation (rows, best recipe) as JSON here")
     ab.add_argument("--flags-out", help="write the winning recipe's `skin-model train` flags here")
     ab.add_argument("--budget-min", type=float, help="wall-clock budget for all rows together")
+    ab.add_argument("--levers", help="comma-separated row numbers of the lever table to try, e.g. 5,6 (row 0, "
+                    "the base recipe, always runs first; default: every row)")
     ab.set_defaults(func=_ablate)
 
     ev = sub.add_parser("evaluate", help="metrics on a lesion-grouped split")

@@ -35,11 +35,28 @@ LEVERS: list[tuple[str, dict[str, Any]]] = [
     ("176 px input", {"image_size": 176}),
     ("the photos' own 200x150 input (no squashing into a square)", {"image_size": 200, "input_height": 150}),
     ("stem + 8 blocks frozen, trained on 8 cached augmented views a photo", {"freeze_blocks": 8, "cached_views": 8}),
+    ("progressive resizing: the first 60% of the run at 0.7 of the input's sides", {"progressive": 0.6}),
+    ("logit-adjusted loss (tau 1) on the sqrt-balanced batches", {"logit_adjust": 1.0}),
+    ("logit-adjusted loss (tau 1) instead of resampling", {"logit_adjust": 1.0, "sampling_power": 1.0}),
     ("mixup / CutMix on half the batches", {"mixup": 0.5}),
     ("learning rate 3e-4", {"lr": 3e-4}),
     ("no moving average of the weights", {"ema": 0.0}),
     ("twice the epochs", {"epochs": 2}),
 ]
+
+
+def choose_levers(rows: str | None, levers: list[tuple[str, dict[str, Any]]] = LEVERS) -> list[tuple[str, dict[str, Any]]]:
+    """The rows `--levers 5,6` names, after the base row 0 (every row when `rows` is empty), so a
+    short CPU budget can go to the levers in question instead of being spread over all of them."""
+    if not rows:
+        return levers
+    try:
+        picked = sorted({int(part) for part in rows.split(",") if part.strip()} - {0})
+    except ValueError:
+        raise ValueError(f"--levers takes row numbers separated by commas, not {rows!r}") from None
+    if any(not 0 < i < len(levers) for i in picked):
+        raise ValueError(f"--levers: the rows are numbered 0 to {len(levers) - 1}, got {rows!r}")
+    return [levers[0], *(levers[i] for i in picked)]
 
 
 def flip_tta_logits(model: SkinLesionNet, photos: torch.Tensor, device: torch.device) -> np.ndarray:
@@ -106,11 +123,15 @@ def run(base: TrainConfig, levers: list[tuple[str, dict[str, Any]]] = LEVERS, ou
     return result
 
 
+# What a lever can change: `flags` writes each of them, so the winning recipe is reproduced whole.
+RECIPE_FIELDS = ("backbone", "image_size", "input_height", "freeze_blocks", "cached_views", "progressive",
+                 "progressive_scale", "logit_adjust", "sampling_power", "lr", "batch_size", "mixup", "ema", "epochs")
+
+
 def flags(cfg: TrainConfig) -> str:
     """The `skin-model train` options that reproduce the recipe's choices."""
-    height = f"--input-height {cfg.input_height} " if cfg.input_height else ""
-    return (f"--backbone {cfg.backbone} --image-size {cfg.image_size} {height}--freeze-blocks {cfg.freeze_blocks} "
-            f"--lr {cfg.lr} --batch-size {cfg.batch_size} --mixup {cfg.mixup} --ema {cfg.ema} --epochs {cfg.epochs}")
+    return " ".join(f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in RECIPE_FIELDS
+                    if getattr(cfg, name) is not None)
 
 
 def format_row(row: dict[str, Any]) -> str:

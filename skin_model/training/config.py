@@ -14,7 +14,11 @@ class TrainConfig:
     `time_budget_min`: the learning-rate schedule then follows the clock).
 
     `cached_views` > 0 runs the frozen stem and first `freeze_blocks` blocks once, on that many augmented
-    views of every training photo, and trains the rest of the network on their stored outputs."""
+    views of every training photo, and trains the rest of the network on their stored outputs.
+    `progressive` is the share of stage 1 (by schedule progress) trained at `progressive_scale` of the
+    input's height and width, the rest at full size. `logit_adjust` (tau) trains on the logits plus
+    tau * log of the class frequencies the sampler draws (logit-adjusted loss, Menon et al. 2021):
+    the rarer a class in the batches, the larger the margin its photos must win by."""
 
     data: str | None = None
     out: str = "weights"
@@ -32,6 +36,9 @@ class TrainConfig:
     ema: float = 0.998
     views: int = 2
     cached_views: int = 0
+    progressive: float = 0.0
+    progressive_scale: float = 0.7
+    logit_adjust: float = 0.0
     sequence_steps: int = 2000
     seed: int = 0
     limit: int | None = None

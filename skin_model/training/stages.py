@@ -2,7 +2,8 @@
 clock-bound schedule, one training step (soft targets, mixup), resumable epoch checkpoints.
 
 1. `train_encoder`: fine-tune the ImageNet encoder and the per-photo head on single photos
-   (class-rebalanced sampling, dermoscopy augmentations, EMA, channels-last on the CPU).
+   (class-rebalanced sampling, dermoscopy augmentations, EMA, channels-last on the CPU; optionally
+   progressive resizing and a logit-adjusted loss).
 2. `train_sequence`: with the encoder frozen, train the patient-context head and the LSTM on
    sequences drawn from each lesion's photos (augmented views, random order, length 1 to 8).
 """
@@ -139,6 +140,35 @@ class Schedule:
         return self.done
 
 
+class LogitAdjustedLoss(nn.Module):
+    """Cross-entropy on `logits + tau * log(prior)` (Menon et al., "Long-tail learning via logit
+    adjustment", ICLR 2021), `prior` being the class frequencies of the batches as sampled.
+
+    A rare class's photos must then beat the others by a margin that grows with its rarity, which
+    pushes its boundary outwards during training rather than only shifting the bias afterwards (the
+    calibration's prior correction does that). With tau = 0 it is the plain cross-entropy."""
+
+    def __init__(self, prior: np.ndarray, tau: float, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        prior = np.maximum(np.asarray(prior, dtype=np.float64), 1e-12)
+        self.register_buffer("offset", torch.as_tensor(tau * np.log(prior / prior.sum()), dtype=torch.float32))
+        self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.ce(logits.float() + self.offset, target)
+
+
+def input_size_at(cfg: TrainConfig, progress: float) -> tuple[int, int]:
+    """The training input's (height, width) at this point of stage 1 (0 to 1): with progressive
+    resizing the first `cfg.progressive` of the run is at `cfg.progressive_scale` of the size (in
+    multiples of 8), so early epochs are cheap, and the last ones train at the size inference uses."""
+    height, width = cfg.data_config.input_size
+    if progress >= cfg.progressive:
+        return height, width
+    return (max(32, round(height * cfg.progressive_scale / 8) * 8),
+            max(32, round(width * cfg.progressive_scale / 8) * 8))
+
+
 def mix(x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
     """CutMix or mixup (half the time each) with a shuffled copy of the batch; returns
     the mixed photos, the permutation that gave each photo its partner and the share of the original."""
@@ -226,8 +256,10 @@ def cache_prefix(model: SkinLesionNet, photos: torch.Tensor, n_blocks: int, view
 
 def train_step(model: SkinLesionNet, opt: torch.optim.Optimizer, loss_fn: nn.Module, photos: torch.Tensor,
                y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, device: torch.device,
-               soft: torch.Tensor | None = None, prefix_blocks: int = 0) -> float:
-    """One optimiser step on a batch of uint8 photos: augment, mix (if asked), forward, backward.
+               soft: torch.Tensor | None = None, prefix_blocks: int = 0,
+               size: tuple[int, int] | None = None) -> float:
+    """One optimiser step on a batch of uint8 photos: augment (to `size`, by default the model's
+    input), mix (if asked), forward, backward.
 
     `soft` holds a teacher's probabilities for the photos (distillation): the loss is then
     `distil_weight` of cross-entropy against them and the rest against the labels.
@@ -236,7 +268,7 @@ def train_step(model: SkinLesionNet, opt: torch.optim.Optimizer, loss_fn: nn.Mod
     if prefix_blocks:
         x = photos.to(device).float()
     else:
-        x = augment_batch(photos, model.data_config.input_size, gen)
+        x = augment_batch(photos, size or model.data_config.input_size, gen)
     perm, lam = None, 1.0
     if cfg.mixup and torch.rand(1, device=device, generator=gen).item() < cfg.mixup:
         x, perm, lam = mix(x, gen)
@@ -273,9 +305,14 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
     After every epoch the whole state (weights, optimiser, schedule, random generators,
     best epoch so far, and `provenance`, e.g. the warm start) goes to `checkpoint_to`;
     `resume` is such a state, and the run continues from it exactly as if it had never stopped.
-    With `cfg.cached_views` the steps draw a photo and one of its cached views (`cache_prefix`)."""
+    With `cfg.cached_views` the steps draw a photo and one of its cached views (`cache_prefix`);
+    with `cfg.progressive` the input size follows `input_size_at`."""
     if cfg.cached_views and cfg.freeze_blocks < 1:
         raise ValueError("a cached prefix needs frozen blocks to cache: give --freeze-blocks 1 or more")
+    if cfg.cached_views and cfg.progressive:
+        raise ValueError("a cached prefix holds views of one size: it cannot be combined with --progressive")
+    if not 0.0 <= cfg.progressive <= 1.0 or not 0.0 < cfg.progressive_scale <= 1.0:
+        raise ValueError("--progressive is a share of the run (0 to 1) and --progressive-scale a scale in (0, 1]")
     frozen, opt = new_optimizer(model, cfg)
     counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
     weights = torch.as_tensor(counts[labels] ** (cfg.sampling_power - 1.0), device=device)
@@ -289,7 +326,8 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
     cache_seconds = round(time.time() - cache_start, 1)
     steps_per_epoch = max(1, len(labels) // cfg.batch_size)
     schedule = Schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.time_budget_min)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    # The batches draw class c with frequency counts[c] ** sampling_power (normalised).
+    loss_fn = LogitAdjustedLoss(counts ** cfg.sampling_power, cfg.logit_adjust, cfg.label_smoothing).to(device)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
     scored = ema.module if ema is not None else model
     best: dict[str, Any] = {"score": -1.0}
@@ -326,7 +364,8 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
             else:
                 batch = bank[idx]
             total += train_step(model, opt, loss_fn, batch, y_all[idx], cfg, gen, device,
-                                soft=soft_all[idx] if soft_all is not None else None, prefix_blocks=prefix_blocks)
+                                soft=soft_all[idx] if soft_all is not None else None, prefix_blocks=prefix_blocks,
+                                size=input_size_at(cfg, schedule.progress))
             if ema is not None:
                 ema.update_parameters(model)
             seen += len(idx)

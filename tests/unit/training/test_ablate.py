@@ -12,7 +12,8 @@ from skin_model.cli import build_parser
 from skin_model.training import ablate
 from skin_model.training.config import TrainConfig
 
-LEVERS = [("base", {}), ("twice the epochs", {"epochs": 2}), ("EMA", {"ema": 0.9})]
+LEVERS = [("base", {}), ("twice the epochs", {"epochs": 2}), ("EMA", {"ema": 0.9}),
+          ("logit-adjusted, no resampling", {"logit_adjust": 1.0, "sampling_power": 1.0})]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_best_flags_reproduce_the_winning_recipe(result: tuple[dict, Path]) -> N
     res, _ = result
     args = build_parser().parse_args(["train", *res["best_flags"].split()])
     best = res["best"]
-    for key in ("backbone", "image_size", "freeze_blocks", "lr", "batch_size", "mixup", "ema", "epochs"):
+    for key in ablate.RECIPE_FIELDS:
         assert getattr(args, key) == best[key], key
     assert {f.name for f in fields(TrainConfig)} == set(best)
 
@@ -55,3 +56,12 @@ def test_table_has_a_row_per_lever(result: tuple[dict, Path]) -> None:
     table = ablate.format_table(res).splitlines()
     assert table[0].startswith("| lever")
     assert [line.split(" | ")[0].lstrip("| ") for line in table[2:]] == [name for name, _ in LEVERS]
+
+
+def test_chosen_levers_follow_the_base_row() -> None:
+    assert ablate.choose_levers(None, LEVERS) == LEVERS
+    assert ablate.choose_levers("3, 1", LEVERS) == [LEVERS[0], LEVERS[1], LEVERS[3]]
+    assert ablate.choose_levers("0,2", LEVERS) == [LEVERS[0], LEVERS[2]]
+    for bad in ("4", "-1", "one"):
+        with pytest.raises(ValueError, match="--levers"):
+            ablate.choose_levers(bad, LEVERS)

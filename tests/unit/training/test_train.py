@@ -157,16 +157,17 @@ def _train_tiny(model, cfg: TrainConfig, photos: torch.Tensor, labels: np.ndarra
     return train_encoder(model, cfg, photos, labels, photos[:6], labels[:6], torch.device("cpu"), **kwargs)
 
 
-@pytest.mark.parametrize("cached_views", [0, 2])
-def test_resume_continues_exactly_where_the_run_stopped(tiny_model, tmp_path: Path, cached_views: int) -> None:
+@pytest.mark.parametrize("lever", [{}, {"cached_views": 2}, {"progressive": 0.5, "logit_adjust": 1.0}],
+                         ids=["plain", "cached-prefix", "progressive-logit-adjusted"])
+def test_resume_continues_exactly_where_the_run_stopped(tiny_model, tmp_path: Path, lever: dict) -> None:
     """Killed after epoch 1 of 3 and resumed from its checkpoint, a run ends with the same weights
     as one never interrupted: optimiser, schedule, EMA and every random generator are restored (with a
-    cached frozen prefix, the cache is rebuilt the same)."""
+    cached frozen prefix, the cache is rebuilt the same; with progressive resizing, the resumed
+    schedule picks up the input size where it was)."""
     torch.manual_seed(0)
     photos = torch.randint(0, 256, (12, 3, 48, 64), dtype=torch.uint8)
     labels = np.arange(12) % len(CLASSES)
-    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, ema=0.9, mixup=0.5, device="cpu", freeze_blocks=2,
-                      cached_views=cached_views)
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, ema=0.9, mixup=0.5, device="cpu", freeze_blocks=2, **lever)
     fresh = copy.deepcopy(tiny_model)
 
     torch.manual_seed(1)
