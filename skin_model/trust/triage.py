@@ -159,12 +159,15 @@ MIN_SEQUENCE_POSITIVES = 20
 def fit_sequence(rule: TriageRule, p_sequence: np.ndarray, truth: np.ndarray,
                  min_positives: int = MIN_SEQUENCE_POSITIVES) -> tuple[TriageRule, dict[str, Any] | None]:
     """Add the sequence rule: the highest threshold flagging at least the target share of validation
-    lesions' sequences (one row per lesion with two or more photos). With fewer than `min_positives`
-    malignant lesions a threshold would be noise: sequences then keep the photo rule."""
+    lesions' sequences (one row per lesion with two or more photos), and never above the photo
+    threshold: a lesion whose pooled photos would flag it as one photo is not cleared because more
+    photos were taken (with about a hundred malignant lesions a fitted threshold is noisy, and an
+    error upwards costs sensitivity). With fewer than `min_positives` malignant lesions a threshold
+    would be noise: sequences then keep the photo rule."""
     truth = np.asarray(truth, dtype=bool)
     if truth.sum() < min_positives:
         return rule, None
-    threshold = threshold_for(p_sequence, truth, rule.target_sensitivity)
+    threshold = min(threshold_for(p_sequence, truth, rule.target_sensitivity), rule.threshold)
     figures = operating_point(p_sequence, truth, threshold)
     sequence = _rule(threshold, figures, rule.malignant, rule.target_sensitivity,
                      "validation lesions' sequences of 2+ photos")

@@ -77,3 +77,18 @@ def test_sequences_get_their_own_threshold_when_validation_has_enough_malignant_
     assert TriageRule.from_json(fitted.to_json()) == fitted
     few, none = triage.fit_sequence(rule, pooled[:30], seq_truth[:30])  # too few malignant lesions: keep the photo rule
     assert none is None and few.for_sequences() is few
+
+
+def test_a_sequence_threshold_is_never_above_the_photo_threshold() -> None:
+    """Sequences whose pooled probabilities spread wider than photos' would get a higher threshold of
+    their own; it is capped at the photo threshold, so more photos never clear a lesion one photo flags."""
+    rng = np.random.default_rng(3)
+    truth = rng.random(300) < 0.3
+    photos = np.where(truth, rng.beta(3, 3, 300), rng.beta(2, 6, 300))
+    rule, _ = triage.fit({"full": photos}, truth, np.arange(300), MAL, target=0.9)
+    seq_truth = rng.random(120) < 0.3
+    pooled = np.where(seq_truth, rng.beta(9, 1, 120), rng.beta(1, 9, 120))
+    assert triage.threshold_for(pooled, seq_truth, 0.9) > rule.threshold  # uncapped, sequences would be judged laxer
+    fitted, figures = triage.fit_sequence(rule, pooled, seq_truth)
+    assert fitted.for_sequences().threshold == rule.threshold and figures["threshold"] == rule.threshold
+    assert figures["sensitivity"] >= 0.9
