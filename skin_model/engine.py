@@ -127,6 +127,16 @@ def encode(model: SkinLesionNet, photos: Sequence[Image.Image] | torch.Tensor,
     return Encoded(torch.cat(feats), torch.cat(logits), torch.cat(textures))
 
 
+@torch.no_grad()
+def context_logits(model: SkinLesionNet, features: torch.Tensor | np.ndarray,
+                   meta: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Raw photo logits with patient context `meta` from features `encode` already computed: the
+    context head adds to the photo head, so reports with and without context share one forward."""
+    device = model.photo_bias.device
+    feats = torch.as_tensor(features, device=device).float()
+    return model.photo_logits(feats, _rows(meta, 0, len(feats), device)).float()
+
+
 def shown_probabilities(model: SkinLesionNet, logits: torch.Tensor | np.ndarray, kind: Kind = "photo") -> torch.Tensor:
     """The probabilities a user is shown, from raw logits of the photo or the sequence head:
     calibrated (temperature and prior correction), and for photos the top class's confidence

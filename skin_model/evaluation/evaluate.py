@@ -121,7 +121,7 @@ def evaluate_split(model: SkinLesionNet, ham: Ham10000, split: str = "test", see
         feats, logits = photo_outputs(model, imgs)
         framing_probs[name] = calibrated_probs(model, logits, "photo")
         report["single_photo"][name] = classification_report(framing_probs[name], labels)
-        _, logits_meta = photo_outputs(model, imgs, meta=meta)
+        logits_meta = engine.context_logits(model, feats, meta).cpu().numpy()
         report["with_patient_context"][name] = classification_report(calibrated_probs(model, logits_meta, "photo"), labels)
         if name == "full":
             base_feats, base_logits = feats, logits

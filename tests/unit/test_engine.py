@@ -74,6 +74,9 @@ def test_sequence_and_patient_context_agree_everywhere(predictor, photos) -> Non
     meta = np.repeat(encode_metadata(**context)[None], len(photos), axis=0)
     _, logits_meta = photo_outputs(model, photos, meta=meta)
     np.testing.assert_allclose(calibrated_probs(model, logits_meta, "photo"), with_context, atol=1e-6)
+    from_features = engine.context_logits(model, feats, meta).numpy()  # the evaluation's shared forward
+    assert not np.allclose(logits_meta, logits, atol=1e-4), "the context must change the logits"
+    np.testing.assert_allclose(from_features, logits_meta, atol=1e-5)
     np.testing.assert_allclose(rows(predictor.analyse(photos, sequence=False, **context).prediction.photos),
                                with_context, atol=1e-5)
 
