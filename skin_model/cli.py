@@ -152,7 +152,8 @@ def _predict(args: argparse.Namespace) -> int:
             pred = predictor.predict(photos, sequence=True, **context)
             seq = pred.sequence_decision()
             if pred.sequence is not None and seq is not None:
-                result["sequence"] = {**_entry(None, pred.sequence), "status": seq.status, "decision": seq.to_dict()}
+                result["sequence"] = {**_entry(None, pred.sequence), "photos": [names[i] for i in pred.sequence_photos],
+                                      "status": seq.status, "decision": seq.to_dict()}
         else:
             pred = predictor.predict_each(photos, **context)
         result["triage"] = predictor.triage.to_json() if predictor.triage else None
@@ -168,7 +169,7 @@ def _predict(args: argparse.Namespace) -> int:
         for item in result["images"]:
             print(_line(item["file"], item))
         if result["sequence"]:
-            print(_line("sequence", result["sequence"]))
+            print(_line(f"sequence of {len(result['sequence']['photos'])} photos", result["sequence"]))
         if result["images"] and result["triage"]:
             from skin_model.trust.decision import triage_rule_text
             from skin_model.trust.triage import TriageRule

@@ -85,6 +85,7 @@ def test_predict_sequence(files: dict[str, str], tiny_weights: Path, capsys) -> 
     result = json.loads(out)
     seq = result["sequence"]
     assert isinstance(seq, dict) and "file" not in seq
+    assert seq["photos"] == [files["good"], files["later"]]  # which files the sequence read, in order
     _check_entry(seq)
     # the untrained sequence head: the sequence is the mean of the photos' probabilities
     expected = np.mean([[i["probabilities"][c] for c in CLASSES] for i in result["images"]], axis=0)
@@ -97,7 +98,7 @@ def test_predict_readable_lines(files: dict[str, str], tiny_weights: Path, capsy
     assert rc == 0
     lines = out.strip().splitlines()
     assert len(lines) == 4 and lines[-1] == DISCLAIMER
-    for line, name in zip(lines, [files["good"], files["later"], "sequence"]):
+    for line, name in zip(lines, [files["good"], files["later"], "sequence of 2 photos"]):
         assert line.startswith(f"{name}: ")
         headline, ranked = line.split(": ", 1)[1].split(" | ")  # the tiny weights carry no triage rule
         code = ranked.split(" ", 1)[0]
