@@ -126,7 +126,7 @@ def test_cli_folder_with_pdf_and_csv(tiny_weights: Path, tmp_path: Path, capsys:
     assert code == 2  # the broken file is reported, the others are still scored
     errors = [line for line in captured.err.splitlines() if "error" in line]
     assert len(errors) == 1 and "broken.jpg" in errors[0]
-    assert "sequence:" in captured.out
+    assert "\nsequence of 3 photos: " in captured.out  # the broken file is not one of them
 
     rows = list(csv.DictReader(out_csv.open()))
     assert [Path(r["file"]).name for r in rows] == ["a_2019.png", "b_2020.jpg", "c_2021.jpg"]  # sorted
