@@ -59,15 +59,24 @@ def test_operating_point_counts_whole_lesions_in_the_bootstrap() -> None:
     assert same["sensitivity"] == pytest.approx(0.9) and same["specificity"] == pytest.approx(0.9)
 
 
+def _photo_rule_and_sequences(seed: int, malignant_photos: tuple[float, float], malignant_sequences: tuple[float, float],
+                              benign_sequences: tuple[float, float]) -> tuple[TriageRule, np.ndarray, np.ndarray]:
+    """A photo rule fitted on 300 photos (30% malignant, benign photos Beta(2, 6)) and 120 sequences'
+    pooled probabilities, each drawn from the Beta distributions given."""
+    rng = np.random.default_rng(seed)
+    truth = rng.random(300) < 0.3
+    photos = np.where(truth, rng.beta(*malignant_photos, 300), rng.beta(2, 6, 300))
+    rule, _ = triage.fit({"full": photos}, truth, np.arange(300), MAL, target=0.9)
+    seq_truth = rng.random(120) < 0.3
+    pooled = np.where(seq_truth, rng.beta(*malignant_sequences, 120), rng.beta(*benign_sequences, 120))
+    return rule, pooled, seq_truth
+
+
 def test_sequences_get_their_own_threshold_when_validation_has_enough_malignant_lesions() -> None:
     """Pooling photos shrinks a sequence's malignant probability towards the middle: a photo's threshold
     would lose sequences' sensitivity, so sequences get the threshold that keeps the target on them."""
-    rng = np.random.default_rng(2)
-    truth = rng.random(300) < 0.3
-    photos = np.where(truth, rng.beta(6, 2, 300), rng.beta(2, 6, 300))
-    rule, _ = triage.fit({"full": photos}, truth, np.arange(300), MAL, target=0.9)
-    seq_truth = rng.random(120) < 0.3
-    pooled = np.where(seq_truth, rng.beta(3, 3, 120), rng.beta(2, 6, 120))
+    rule, pooled, seq_truth = _photo_rule_and_sequences(2, malignant_photos=(6, 2), malignant_sequences=(3, 3),
+                                                        benign_sequences=(2, 6))
     assert (pooled[seq_truth] >= rule.threshold).mean() < 0.9  # the photo rule would miss sequences
     fitted, figures = triage.fit_sequence(rule, pooled, seq_truth)
     seq = fitted.for_sequences()
@@ -82,12 +91,8 @@ def test_sequences_get_their_own_threshold_when_validation_has_enough_malignant_
 def test_a_sequence_threshold_is_never_above_the_photo_threshold() -> None:
     """Sequences whose pooled probabilities spread wider than photos' would get a higher threshold of
     their own; it is capped at the photo threshold, so more photos never clear a lesion one photo flags."""
-    rng = np.random.default_rng(3)
-    truth = rng.random(300) < 0.3
-    photos = np.where(truth, rng.beta(3, 3, 300), rng.beta(2, 6, 300))
-    rule, _ = triage.fit({"full": photos}, truth, np.arange(300), MAL, target=0.9)
-    seq_truth = rng.random(120) < 0.3
-    pooled = np.where(seq_truth, rng.beta(9, 1, 120), rng.beta(1, 9, 120))
+    rule, pooled, seq_truth = _photo_rule_and_sequences(3, malignant_photos=(3, 3), malignant_sequences=(9, 1),
+                                                        benign_sequences=(1, 9))
     assert triage.threshold_for(pooled, seq_truth, 0.9) > rule.threshold  # uncapped, sequences would be judged laxer
     fitted, figures = triage.fit_sequence(rule, pooled, seq_truth)
     assert fitted.for_sequences().threshold == rule.threshold and figures["threshold"] == rule.threshold
