@@ -77,7 +77,7 @@ visits = dict(tickmode="array", tickvals=list(range(1, len(photos) + 1)), tickte
 per_visit = pd.DataFrame([{"visit": i + 1, "class": CLASS_NAMES[c], "probability": probs[c]}
                           for i, probs in enumerate(prediction.photos) for c in CLASSES])
 fig = px.line(per_visit, x="visit", y="probability", color="class", markers=True,
-              title="Probability of each class per visit")
+              title="Probability of each class per visit", color_discrete_map=views.colours_by_name())
 fig.update_yaxes(range=[0, 1], tickformat=".0%").update_xaxes(**visits)
 views.chart(fig, key="evo_lines")
 views.downloads(analysis, photos, predictor.card, "evolution", opacity)
@@ -93,8 +93,6 @@ table = pd.DataFrame([{"visit": i + 1, "date": date_label(p.date, p.date_entered
                       for i, (p, s, m) in enumerate(zip(photos, source, measures))])
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={"area vs first visit": st.column_config.NumberColumn(format="%.2f×"),
-                            "lesion share of frame": st.column_config.NumberColumn(format="%.1%%")})
-long = table.melt(id_vars=["visit", "photo"], value_vars=["area vs first visit", "colour variation (Lab std)",
-                                                           "asymmetry (0 = symmetric)"])
-st.plotly_chart(px.line(long, x="visit", y="value", facet_row="variable", markers=True, height=500)
-                .update_yaxes(matches=None).update_xaxes(**visits), key="evo_changes")
+                            "lesion share of frame": st.column_config.NumberColumn(format="percent")})
+st.plotly_chart(views.measures_chart(table, ["area vs first visit", "colour variation (Lab std)",
+                                             "asymmetry (0 = symmetric)"], visits), key="evo_changes")

@@ -60,15 +60,24 @@ for column, chosen in (("dx", dx), ("dx_type", dx_type), ("sex", sex), ("localiz
         view = view[view[column].isin(chosen)]
 if age != (int(ages.min()), int(ages.max())):
     view = view[view.age.between(*age)]
-st.metric("Photos matching", f"{len(view):,}", delta=f"{view.lesion_id.nunique():,} lesions", delta_color="off")
+m1, m2 = st.columns(2)
+m1.metric("Photos matching", f"{len(view):,}")
+m2.metric("Lesions they show", f"{view.lesion_id.nunique():,}")
 if view.empty:
     st.warning("No photo matches these filters.")
     st.stop()
 
 c1, c2 = st.columns(2)
-c1.plotly_chart(px.histogram(view, y="diagnosis", color="diagnosis", title="Diagnoses").update_layout(
-    showlegend=False), key="dx_chart")
-c2.plotly_chart(px.histogram(view, x="age", color="dx", nbins=20, title="Age"), key="age_chart")
+# Each diagnosis keeps its colour whatever the filters (views.CLASS_COLOURS); the bars are sorted by count.
+counts = view.diagnosis.value_counts(ascending=True).rename_axis("diagnosis").reset_index(name="photos")
+c1.plotly_chart(px.bar(counts, x="photos", y="diagnosis", color="diagnosis", orientation="h", title="Diagnoses",
+                       color_discrete_map=views.colours_by_name(),
+                       category_orders={"diagnosis": list(counts.diagnosis)}).update_layout(showlegend=False),
+                key="dx_chart")
+c2.plotly_chart(px.histogram(view, x="age", color="diagnosis", nbins=20, title="Age",
+                             color_discrete_map=views.colours_by_name(),
+                             category_orders={"diagnosis": [CLASS_NAMES[c] for c in CLASS_NAMES]}),
+                key="age_chart")
 c3, c4 = st.columns(2)
 c3.plotly_chart(px.histogram(view, y="localization", title="Localization"), key="site_chart")
 c4.plotly_chart(px.pie(view.fillna({"sex": "unknown"}), names="sex", title="Sex"), key="sex_chart")

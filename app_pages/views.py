@@ -13,9 +13,11 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
+from plotly.subplots import make_subplots
 
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, Predictor
 from skin_model.constants import SITES
@@ -27,6 +29,10 @@ from skin_model.trust.decision import Decision
 
 PREDICTOR_KEY, PROBLEM_KEY = "predictor", "model_problem"  # set by the frame (streamlit_app.py) on every rerun
 MALIGNANT_COLOUR, BENIGN_COLOUR = "#d62728", "#1f77b4"
+# One colour per class on every chart, whatever is filtered: the malignant classes in reds and oranges
+# (red means malignant everywhere in the app), the benign ones in blues, greens, purple and grey.
+CLASS_COLOURS = {"mel": "#b2182b", "bcc": "#e6550d", "akiec": "#d99a00",
+                 "nv": "#2166ac", "bkl": "#1b9e77", "df": "#7570b3", "vasc": "#737373"}
 
 
 def safe(text: str) -> str:
@@ -81,6 +87,25 @@ def probability_chart(probs: dict[str, float], title: str | None = None) -> go.F
                                               title="probability (red ⚠ = malignant class)"),
                       height=320, margin=dict(l=10, r=10, t=40 if title else 30, b=10))
     return fig
+
+
+def colours_by_name() -> dict[str, str]:
+    """CLASS_COLOURS keyed by the full class names that charts' legends show."""
+    return {CLASS_NAMES[code]: colour for code, colour in CLASS_COLOURS.items()}
+
+
+def measures_chart(table: pd.DataFrame, columns: list[str], visits: dict) -> go.Figure:
+    """One panel per measure over the visits, each with its own y-axis title (a shared "value" axis
+    and overlapping facet labels did not read), the visit axis labelled once, at the bottom."""
+    fig = make_subplots(rows=len(columns), cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    for row, column in enumerate(columns, start=1):
+        fig.add_trace(go.Scatter(x=table["visit"], y=table[column], mode="lines+markers", name=column,
+                                 showlegend=False, hovertemplate=f"{column}: %{{y:.3g}}<extra></extra>"), row=row, col=1)
+        fig.update_yaxes(title_text=column, title_font_size=11, row=row, col=1)
+    fig.update_xaxes(**{**visits, "title_text": None}).update_xaxes(title_text=visits.get("title_text"),
+                                                                    row=len(columns), col=1)
+    return fig.update_layout(title="Measured changes per visit", height=170 * len(columns) + 80,
+                             margin=dict(l=10, r=10, t=50, b=10))
 
 
 def chart(fig: go.Figure, key: str) -> None:

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
+from app_pages import views
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, load_image, load_predictor
 from skin_model.engine import preprocess
 from skin_model.explain.cam import METHODS
@@ -608,6 +609,14 @@ def test_evolution_sorts_by_date_and_shows_every_figure(app_env: Path, lesion_ph
         assert sorted(t["name"] for t in lines) == sorted(CLASS_NAMES.values())
         assert figs["evo_lines"]["layout"]["xaxis"]["ticktext"] == [label(n) for n in order]
         code_of = {v: k for k, v in CLASS_NAMES.items()}
+        colours = [trace["line"]["color"] for trace in lines]
+        assert colours == [views.CLASS_COLOURS[code_of[t["name"]]] for t in lines] and len(set(colours)) == 7
+        changes = figs["evo_changes"]["layout"]
+        assert changes["title"]["text"] == "Measured changes per visit"
+        assert [changes[f"yaxis{i}" if i > 1 else "yaxis"]["title"]["text"] for i in (1, 2, 3)] == [
+            "area vs first visit", "colour variation (Lab std)", "asymmetry (0 = symmetric)"]
+        share = json.loads(at.dataframe[0].proto.columns)["lesion share of frame"]
+        assert share["type_config"]["format"] == "percent"  # "%.1%%" failed to format the number
         for trace in lines:
             assert _array(trace["x"]) == [1, 2, 3]
             assert _array(trace["y"]) == pytest.approx([p[code_of[trace["name"]]] for p in expected.photos],
@@ -639,6 +648,15 @@ def test_evolution_sorts_by_date_and_shows_every_figure(app_env: Path, lesion_ph
 # ----------------------------------------------------------------------------- explorer
 
 
+def test_class_colours_are_red_only_for_malignant_classes() -> None:
+    """Red means malignant everywhere in the app: benign keratosis was once drawn in red, and melanoma
+    (teal) and nevus (light green) were hard to tell apart."""
+    assert set(views.CLASS_COLOURS) == set(CLASSES) and len(set(views.CLASS_COLOURS.values())) == len(CLASSES)
+    for code, colour in views.CLASS_COLOURS.items():
+        r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+        assert (r > max(g, b)) == (code in MALIGNANT), code
+
+
 def test_explorer_without_dataset_explains_how_to_get_it(app_env: Path, tmp_path: Path) -> None:
     at = _app("explorer")
     assert at.sidebar.text_input[0].value == ""
@@ -658,7 +676,13 @@ def test_explorer_counts_filters_and_gallery(ham10000: pd.DataFrame) -> None:
     assert at.sidebar.text_input[0].value == str(HAM_DIR)
     assert len(ham10000) == 10015
     assert at.metric[0].value == f"{len(ham10000):,}" == "10,015"
-    assert at.metric[0].proto.delta == f"{ham10000.lesion_id.nunique():,} lesions"
+    assert at.metric[1].value == f"{ham10000.lesion_id.nunique():,}" and not at.metric[0].proto.delta  # no "↑ 7,470"
+    bars = charts(at)["dx_chart"]["data"]
+    counts = [_array(t["x"])[0] for t in bars]
+    assert counts == sorted(counts) and len(bars) == 7  # sorted: the largest bar on top
+    code_of = {v: k for k, v in CLASS_NAMES.items()}
+    assert all(t["marker"]["color"] == views.CLASS_COLOURS[code_of[t["name"]]] for t in bars)
+    assert {t["name"] for t in charts(at)["age_chart"]["data"]} <= set(CLASS_NAMES.values())  # names, not codes
     figs = charts(at)
     assert {"dx_chart", "age_chart", "site_chart", "sex_chart", "lesion_seq"} <= set(figs)
     gallery = [img.captions[0] for img in at.image if " · " in img.captions[0]]
@@ -667,12 +691,12 @@ def test_explorer_counts_filters_and_gallery(ham10000: pd.DataFrame) -> None:
     at.multiselect[0].set_value(["mel"]).run()
     assert not at.exception
     mel = ham10000[ham10000.dx == "mel"]
-    assert at.metric[0].value == f"{len(mel):,}"
-    assert at.metric[0].proto.delta == f"{mel.lesion_id.nunique():,} lesions"
+    assert at.metric[0].value == f"{len(mel):,}" and at.metric[1].value == f"{mel.lesion_id.nunique():,}"
     gallery = [img.captions[0] for img in at.image if " · " in img.captions[0]]
     assert len(gallery) == 12 and all(" · mel · " in c for c in gallery)
     dx_bars = charts(at)["dx_chart"]["data"]
     assert [t["name"] for t in dx_bars] == [CLASS_NAMES["mel"]]
+    assert dx_bars[0]["marker"]["color"] == views.CLASS_COLOURS["mel"]  # the same colour as before the filter
 
     at.multiselect[2].set_value(["female"]).run()
     assert at.metric[0].value == f"{len(mel[mel.sex == 'female']):,}"
