@@ -7,7 +7,6 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages import views
-from skin_model import CLASS_NAMES
 from skin_model.io.images import FORMAT_NAMES, decode_uploads
 
 st.title("🔍 Classify a skin lesion")
@@ -65,7 +64,7 @@ for i, (photo, probs, heat) in enumerate(zip(photos, prediction.photos, analysis
             views.chart(views.probability_chart(probs), key=f"chart_{i}")
     if answered:
         c2.image(heat.overlay(photo.image, opacity), width="stretch",
-                 caption=f"{heat.method}: where the model looked for {CLASS_NAMES[heat.target]}")
+                 caption=views.heatmap_caption(heat))
 
 st.divider()
 views.downloads(analysis, photos, predictor.card, "classify", opacity)

@@ -69,7 +69,7 @@ cols = st.columns(min(len(photos), 4))
 for i, (photo, heat) in enumerate(zip(photos, analysis.heatmaps)):
     with cols[i % len(cols)]:
         st.image(photo.image, caption=f"{labels[i]} · {photo.name}", width="stretch")
-        st.image(heat.overlay(photo.image, opacity), caption=f"{heat.method} for {heat.target}",
+        st.image(heat.overlay(photo.image, opacity), caption=views.heatmap_caption(heat),
                  width="stretch")
         views.verdict(prediction.decision(i))
 

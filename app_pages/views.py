@@ -21,7 +21,7 @@ from plotly.subplots import make_subplots
 
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, Predictor
 from skin_model.constants import SITES
-from skin_model.explain.cam import METHODS
+from skin_model.explain.cam import METHODS, Heatmap
 from skin_model.io.images import ACCEPTED_SUFFIXES, Photo
 from skin_model.model.card import ModelCard
 from skin_model.predict import Analysis
@@ -92,6 +92,11 @@ def probability_chart(probs: dict[str, float], title: str | None = None) -> go.F
 def colours_by_name() -> dict[str, str]:
     """CLASS_COLOURS keyed by the full class names that charts' legends show."""
     return {CLASS_NAMES[code]: colour for code, colour in CLASS_COLOURS.items()}
+
+
+def heatmap_caption(heat: Heatmap) -> str:
+    """The one caption of a heatmap on every page: the method and the class it explains, by name."""
+    return f"{heat.method}: where the model looked for {CLASS_NAMES[heat.target]}"
 
 
 def measures_chart(table: pd.DataFrame, columns: list[str], visits: dict) -> go.Figure:

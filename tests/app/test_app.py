@@ -604,6 +604,9 @@ def test_evolution_sorts_by_date_and_shows_every_figure(app_env: Path, lesion_ph
         assert_probs(bar_probs(figs["evo_sequence"]), expected.sequence)
         visit_captions = [img.captions[0] for img in at.image if " · " in img.captions[0]]
         assert visit_captions == [f"{label(n)} · {n}" for n in order]
+        heat_captions = [img.captions[0] for img in at.image if "where the model looked" in img.captions[0]]
+        assert heat_captions == [f"Grad-CAM: where the model looked for {CLASS_NAMES[max(p, key=p.get)]}"
+                                 for p in expected.photos]  # the caption the Classify page gives
         # Per-visit lines: one trace per class, one point per visit, in date order.
         lines = figs["evo_lines"]["data"]
         assert sorted(t["name"] for t in lines) == sorted(CLASS_NAMES.values())
