@@ -14,6 +14,19 @@ from skin_model.constants import DISCLAIMER
 from skin_model.evaluation.summary import interval_notes, performance_rows
 from skin_model.trust.decision import triage_rule_text
 
+# Column names of the figures tables, in words, with what each measures.
+METRIC_LABELS = {
+    "accuracy": ("accuracy", "share of photos whose top class is the true diagnosis"),
+    "balanced_accuracy": ("balanced accuracy", "the mean of the seven classes' recalls, so rare classes count as much "
+                                               "as nevi"),
+    "macro_f1": ("macro F1", "the mean over classes of the balance of precision and recall"),
+    "macro_auc": ("macro AUC", "how well each class's probability ranks its photos above the others, averaged over "
+                               "classes (1 perfect, 0.5 chance)"),
+    "ece": ("ECE", "expected calibration error: the gap between confidence and accuracy (0 = calibrated)"),
+}
+PER_CLASS_LABELS = {"recall": "share of the class's photos found", "precision": "share of its calls that are right",
+                    "auc": "ranking of the class against the rest", "support": "test photos of the class"}
+
 
 def _span(interval: list[float] | None) -> str:
     return f"{interval[0]:.1%} to {interval[1]:.1%}" if interval else "-"
@@ -45,8 +58,9 @@ single = metrics.get("single_photo") or {}
 if single:
     st.subheader("Measured performance (held-out, lesion-grouped test split)")
     st.dataframe(pd.DataFrame(performance_rows(metrics)), hide_index=True, width="stretch",
-                 column_config={k: st.column_config.NumberColumn(format="%.3f") for k in
-                                ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece")})
+                 column_config={k: st.column_config.NumberColumn(label, help=meaning, format="%.3f")
+                                for k, (label, meaning) in METRIC_LABELS.items()})
+    st.caption(" · ".join(f"**{label}**: {meaning}" for label, meaning in METRIC_LABELS.values()))
     notes = interval_notes(metrics)
     if notes:
         st.caption("95% intervals, resampling whole lesions: " + "; ".join(notes) + ". An interval that spans zero "
@@ -59,7 +73,10 @@ if single:
                               labels=dict(x="predicted", y="true", color="photos"),
                               title="Confusion matrix (single photo, full frame)"), key="confusion")
     per_class = pd.DataFrame(full["per_class"]).T.rename_axis("class").reset_index()
-    c2.dataframe(per_class, hide_index=True, width="stretch")
+    per_class["class"] = [CLASS_NAMES[c] for c in per_class["class"]]
+    c2.dataframe(per_class, hide_index=True, width="stretch", column_config={
+        k: st.column_config.NumberColumn(k, help=meaning, format="%d" if k == "support" else "%.3f")
+        for k, meaning in PER_CLASS_LABELS.items()})
 
     if metrics.get("reliability"):
         st.subheader("Calibration")
@@ -67,8 +84,10 @@ if single:
         fig = px.scatter(rel, x="confidence", y="accuracy", size="count",
                          title="Reliability diagram (test, single photo)")
         fig.add_shape(type="line", x0=0, y0=0, x1=1, y1=1, line=dict(dash="dash", color="grey"))
-        fig.update_layout(xaxis=dict(range=[0, 1], title="mean confidence in bin"),
-                          yaxis=dict(range=[0, 1], title="accuracy in bin"))
+        # Margins beyond [0, 1] and no clipping: a bin at confidence and accuracy near 1 is drawn whole.
+        fig.update_traces(cliponaxis=False)
+        fig.update_layout(xaxis=dict(range=[-0.05, 1.08], title="mean confidence in bin"),
+                          yaxis=dict(range=[-0.05, 1.08], title="accuracy in bin"))
         c1, c2 = st.columns(2)
         c1.plotly_chart(fig, key="reliability")
         photo_cal = (card.training.get("calibration") or {}).get("photo") or {}
@@ -136,9 +155,14 @@ if single:
                    "EigenCAM shows the photo's dominant pattern whatever the class and is offered as an alternative.")
 
 with st.expander("Training run and data"):
-    st.json({"training": {k: card.training.get(k) for k in ("hardware", "device", "seconds", "trust_device", "finished",
-                                                             "config")},
-             "data": asdict(card.data), "sha256": card.sha256, "size_bytes": card.size_bytes}, expanded=False)
+    stages = {f"{name} (min)": round(card.training[key] / 60, 1) for name, key in (
+        ("stage 1", "stage1_seconds"), ("stage 2's views", "views_seconds"), ("stage 2", "stage2_seconds"),
+        ("trust fit", "trust_seconds")) if card.training.get(key) is not None}
+    st.markdown("\n".join(f"- **{k}**: {v}" for k, v in {
+        "hardware": card.training.get("hardware"), **stages, "finished": card.training.get("finished"),
+        "weights": f"{card.size_bytes / 1e6:.1f} MB, sha256 {card.sha256}" if card.sha256 and card.size_bytes else None,
+    }.items() if v is not None))
+    st.json({"training options": card.training.get("config"), "data": asdict(card.data)}, expanded=2)
 
 st.subheader("Dataset")
 st.markdown("""

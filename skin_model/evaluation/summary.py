@@ -42,6 +42,10 @@ def interval_notes(report: dict[str, Any]) -> list[str]:
             + (", melanoma recall {:.3f} to {:.3f}".format(*ci["melanoma_recall"]) if "melanoma_recall" in ci else ""))
     if "multi_photo_lesions" in intervals:
         seq = intervals["multi_photo_lesions"]["sequence"]
+        if not any(seq["balanced_accuracy_minus_mean_of_photos"]):
+            notes.append("lesions with 2+ photos: the sequence prediction's balanced accuracy equals that of the "
+                         "mean of the photos in every resample (no difference)")
+            return notes
         notes.append("lesions with 2+ photos, sequence minus mean of photos (balanced accuracy): {:+.3f} to {:+.3f} "
                      "(ahead in {:.0%} of resamples)".format(*seq["balanced_accuracy_minus_mean_of_photos"],
                                                             seq["share_of_resamples_ahead"]))

@@ -808,7 +808,17 @@ def _check_metrics(at: AppTest, metrics: dict) -> None:
     z = [_array(r) for r in z] if isinstance(z, list) else np.reshape(_array(z), (len(CLASSES), -1)).tolist()
     assert z == full["confusion_matrix"]
     per_class = at.dataframe[1].value
-    assert list(per_class["class"]) == list(CLASSES)
+    assert list(per_class["class"]) == [CLASS_NAMES[c] for c in CLASSES]  # names, not codes
+    columns = json.loads(at.dataframe[1].proto.columns)
+    assert columns["recall"]["type_config"]["format"] == "%.3f"  # one precision, not 0.6 beside 0.6471
+    columns = json.loads(at.dataframe[0].proto.columns)
+    assert columns["balanced_accuracy"]["label"] == "balanced accuracy" and columns["ece"]["help"]
+    assert any("**ECE**: expected calibration error" in c.value for c in at.caption)  # each column explained
+    if metrics.get("reliability"):
+        layout = charts(at)["reliability"]["layout"]
+        assert layout["xaxis"]["range"][1] > 1 and layout["yaxis"]["range"][1] > 1  # a bin near 1 is drawn whole
+        assert all(t["cliponaxis"] is False for t in charts(at)["reliability"]["data"])
+    assert "+0.000 to +0.000" not in " ".join(c.value for c in at.caption)
     if "intervals" in metrics:
         lo, hi = metrics["intervals"]["single_photo_full"]["full"]["balanced_accuracy"]
         caption = next(c.value for c in at.caption if c.value.startswith("95% intervals"))
@@ -831,7 +841,9 @@ def test_model_card_with_metrics(app_env: Path, tmp_path: Path, monkeypatch: pyt
     assert "single photo + patient context, full frame" in evaluations
     details = at.json[0].value
     details = json.loads(details) if isinstance(details, str) else details
-    assert details["sha256"] == card.sha256 and details["data"]["dataset"] == "HAM10000"
+    assert details["data"]["dataset"] == "HAM10000" and "training options" in details
+    assert at.json[0].proto.max_expand_depth == 2  # opens on its contents, not on a collapsed {...}
+    assert any(f"sha256 {card.sha256}" in m.value for m in at.markdown)
 
 
 @pytest.mark.slow

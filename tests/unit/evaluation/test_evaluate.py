@@ -25,6 +25,7 @@ from skin_model.evaluation.evaluate import (
     split_table,
     to_json,
 )
+from skin_model.evaluation.summary import interval_notes
 from skin_model.explain.cam import METHODS
 from skin_model.io.images import load_image
 from skin_model.metrics import classification_report
@@ -265,3 +266,14 @@ def test_evaluate_ood(guarded: tuple[SkinLesionNet, ModelCard], ham: Ham10000) -
     assert sum(reasons.values()) == out["n_outliers"]
     assert set(reasons) <= {"accepted", *ood.REASONS}
     assert reasons.get("accepted", 0) == round(out["n_outliers"] * (1 - out["outliers_rejected"]))
+
+
+def test_an_interval_of_no_difference_is_said_in_words() -> None:
+    """A sequence that equals the mean of its photos gave "+0.000 to +0.000" on the model card page."""
+    same = {"intervals": {"multi_photo_lesions": {"sequence": {"balanced_accuracy_minus_mean_of_photos": [0.0, 0.0],
+                                                                "share_of_resamples_ahead": 0.0}}}}
+    notes = interval_notes(same)
+    assert notes == ["lesions with 2+ photos: the sequence prediction's balanced accuracy equals that of the mean of "
+                     "the photos in every resample (no difference)"]
+    same["intervals"]["multi_photo_lesions"]["sequence"]["balanced_accuracy_minus_mean_of_photos"] = [-0.01, 0.02]
+    assert "-0.010 to +0.020" in interval_notes(same)[0]
