@@ -7,6 +7,8 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages import views
+from skin_model import CLASS_NAMES
+from skin_model.constants import CONFIRMATION
 from skin_model.io.images import FORMAT_NAMES, decode_uploads
 
 st.title("🔍 Classify a skin lesion")
@@ -22,6 +24,7 @@ if camera is not None:
     files.append((camera.name, camera.getvalue()))
 if files and st.session_state.get("analyse_paths"):  # the user's own lesion: never pooled with a dataset photo
     st.session_state.pop("analyse_paths")
+    st.session_state.pop("analyse_known", None)
     st.info("The dataset photo sent by the explorer was removed: it shows another lesion, and photos of "
             "different lesions are never analysed together.")
 unread = []
@@ -30,8 +33,14 @@ for path in map(Path, st.session_state.get("analyse_paths", [])):  # a dataset p
         files.append((path.name, path.read_bytes()))
     except OSError as exc:
         unread.append((path.name, f"{path.name}: the file cannot be read ({exc.strerror or exc})"))
+known = st.session_state.get("analyse_known") if st.session_state.get("analyse_paths") else None
+if known:
+    st.info(f"HAM10000 photo {known['image_id']}: the dataset's diagnosis is **{CLASS_NAMES[known['dx']]}**, "
+            f"confirmed by {CONFIRMATION.get(known['dx_type'], known['dx_type'])}. The patient context below holds "
+            "the dataset's age, sex and site.")
 if st.session_state.get("analyse_paths") and st.button("Clear the dataset photo"):
     st.session_state.pop("analyse_paths")
+    st.session_state.pop("analyse_known", None)
     st.rerun()
 
 photos, errors = decode_uploads(files)

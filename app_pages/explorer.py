@@ -91,6 +91,10 @@ for i, row in enumerate(view.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE].iter
         st.image(row.path, caption=f"{row.image_id} · {row.dx} · {row.lesion_id}", width="stretch")
         if st.button("Analyse", key=f"analyse_{row.image_id}"):
             st.session_state["analyse_paths"] = [row.path]
+            # What the dataset knows goes along: the diagnosis and its confirmation are shown beside the
+            # analysis, and age, sex and site fill the Classify page's patient context.
+            st.session_state["analyse_known"] = {"image_id": row.image_id, "dx": row.dx, "dx_type": row.dx_type}
+            views.prefill_patient_context("classify", row.age, row.sex, row.localization)
             st.switch_page("app_pages/classify.py")
 
 st.subheader("One lesion, all its photos")

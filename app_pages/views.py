@@ -63,6 +63,14 @@ def patient_context(key: str) -> dict[str, float | str | None]:
             "site": None if site == "unknown" else site}
 
 
+def prefill_patient_context(key: str, age: float | None, sex: str | None, site: str | None) -> None:
+    """Set the patient-context widgets of page `key` before it is shown (unknown or unlisted values
+    stay "unknown")."""
+    st.session_state[f"{key}_age"] = int(age) if age is not None and age == age else None
+    st.session_state[f"{key}_sex"] = sex if sex in ("male", "female") else "unknown"
+    st.session_state[f"{key}_site"] = site if site in SITES else "unknown"
+
+
 def label(code: str) -> str:
     """Class name and code, flagged when malignant (for selectors)."""
     return f"{CLASS_NAMES[code]} ({code})" + (" ⚠ malignant" if code in MALIGNANT else "")

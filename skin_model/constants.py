@@ -42,6 +42,11 @@ SITES: tuple[str, ...] = (
     "hand", "lower extremity", "neck", "scalp", "trunk", "upper extremity",
 )
 META_DIM: int = 2 + len(SEXES) + len(SITES)
+# How HAM10000 confirmed each diagnosis (its `dx_type` column), in words.
+CONFIRMATION: dict[str, str] = {
+    "histo": "histopathology", "follow_up": "follow-up examination", "consensus": "expert consensus",
+    "confocal": "in-vivo confocal microscopy",
+}
 
 # Decoding limits: bigger images are refused before they are decoded.
 MAX_PIXELS: int = 60_000_000

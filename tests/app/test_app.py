@@ -29,6 +29,7 @@ from streamlit.testing.v1 import AppTest
 
 from app_pages import views
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, load_image, load_predictor
+from skin_model.constants import CONFIRMATION
 from skin_model.engine import preprocess
 from skin_model.explain.cam import METHODS
 from skin_model.interop import fhir
@@ -719,7 +720,14 @@ def test_explorer_analyse_button_opens_classify(ham10000: pd.DataFrame, referenc
     assert at.title[0].value.endswith("Classify a skin lesion")
     assert [s.value for s in at.subheader] == [f"{image_id}.jpg"]
     path = next(HAM_DIR.glob(f"**/{image_id}.jpg"))
-    expected = reference.predict([load_image(path)]).photos[0]
+    # What the dataset knows comes along: the diagnosis, how it was confirmed, and the patient context.
+    row = ham10000[ham10000.image_id == image_id].iloc[0]
+    known = " ".join(i.value for i in at.main.info)
+    assert f"the dataset's diagnosis is **{CLASS_NAMES[row.dx]}**" in known and image_id in known
+    assert f"confirmed by {CONFIRMATION[row.dx_type]}" in known
+    assert at.number_input[0].value == int(row.age)
+    assert [s.value for s in at.selectbox if s.label in ("Sex", "Body site")] == [row.sex, row.localization]
+    expected = reference.predict([load_image(path)], age=float(row.age), sex=row.sex, site=row.localization).photos[0]
     assert_probs(bar_probs(charts(at)["chart_0"]), expected)
     assert_verdicts(at, [expected], reference)
     assert len(at.image) == 2
@@ -730,6 +738,7 @@ def test_explorer_analyse_button_opens_classify(ham10000: pd.DataFrame, referenc
     next(b for b in at.button if b.label == "Clear the dataset photo").click().run()
     assert not at.exception
     assert any("Upload a photo to start" in i.value for i in at.main.info)
+    assert not any("the dataset's diagnosis" in i.value for i in at.main.info)
 
 
 @pytest.mark.slow
