@@ -18,15 +18,14 @@ st.caption("Upload one dermatoscopic photo, or several photos of the same lesion
 
 files = views.photo_uploader("Dermatoscopic photos", key="classify_files")
 camera = st.camera_input("…or take a photo", key="camera") if st.toggle("Use the camera") else None
-context = views.patient_context("classify")
 
 if camera is not None:
     files.append((camera.name, camera.getvalue()))
 if files and st.session_state.get("analyse_paths"):  # the user's own lesion: never pooled with a dataset photo
-    st.session_state.pop("analyse_paths")
-    st.session_state.pop("analyse_known", None)
+    cleared = views.forget_dataset_photo("classify")
     st.info("The dataset photo sent by the explorer was removed: it shows another lesion, and photos of "
-            "different lesions are never analysed together.")
+            "different lesions are never analysed together." + (" The dataset patient's age, sex and site were "
+                                                                 "cleared too." if cleared else ""))
 unread = []
 for path in map(Path, st.session_state.get("analyse_paths", [])):  # a dataset photo sent by the explorer
     try:
@@ -39,9 +38,9 @@ if known:
             f"confirmed by {CONFIRMATION.get(known['dx_type'], known['dx_type'])}. The patient context below holds "
             "the dataset's age, sex and site.")
 if st.session_state.get("analyse_paths") and st.button("Clear the dataset photo"):
-    st.session_state.pop("analyse_paths")
-    st.session_state.pop("analyse_known", None)
+    views.forget_dataset_photo("classify")
     st.rerun()
+context = views.patient_context("classify")  # after the dataset photo's handling, which may reset it
 
 photos, errors = decode_uploads(files)
 views.show_errors(unread + errors)

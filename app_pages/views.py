@@ -71,6 +71,17 @@ def prefill_patient_context(key: str, age: float | None, sex: str | None, site: 
     st.session_state[f"{key}_site"] = site if site in SITES else "unknown"
 
 
+def forget_dataset_photo(key: str) -> bool:
+    """Drop the explorer's photo and what came with it, the dataset patient's context included (the
+    user's own photo must not be read with another patient's age, sex and site); True if a context
+    was cleared."""
+    st.session_state.pop("analyse_paths", None)
+    if st.session_state.pop("analyse_known", None) is None:
+        return False
+    prefill_patient_context(key, None, None, None)
+    return True
+
+
 def label(code: str) -> str:
     """Class name and code, flagged when malignant (for selectors)."""
     return f"{CLASS_NAMES[code]} ({code})" + (" ⚠ malignant" if code in MALIGNANT else "")

@@ -423,14 +423,19 @@ def test_an_upload_is_never_pooled_with_the_dataset_photo(app_env: Path, lesion_
     dataset_photo.write_bytes(_jpeg(_synthetic_photo(5)))
     at = _app()
     at.session_state["analyse_paths"] = [str(dataset_photo)]
+    at.session_state["analyse_known"] = {"image_id": "ISIC_0024306", "dx": "nv", "dx_type": "follow_up"}
+    at.session_state["classify_age"], at.session_state["classify_sex"] = 45, "male"  # as the explorer fills them
     at.run()
     assert not at.exception
     assert [s.value for s in at.subheader] == [dataset_photo.name]
+    assert at.number_input[0].value == 45
     name, data = lesion_photos[0]
     upload(at, [(name, data)])
     assert [s.value for s in at.subheader] == [name], "the user's photo alone, no sequence"
     assert set(charts(at)) == {"chart_0"}
-    assert any("dataset photo" in i.value and "removed" in i.value for i in at.main.info)
+    assert any("dataset photo" in i.value and "removed" in i.value and "age, sex and site were cleared" in i.value
+               for i in at.main.info)
+    assert at.number_input[0].value is None and at.selectbox(key="classify_sex").value == "unknown"
     assert "analyse_paths" not in at.session_state
     at.slider(key="classify_opacity").set_value(0.6).run()
     assert [s.value for s in at.subheader] == [name], "and it does not come back"
@@ -739,6 +744,9 @@ def test_explorer_analyse_button_opens_classify(ham10000: pd.DataFrame, referenc
     assert not at.exception
     assert any("Upload a photo to start" in i.value for i in at.main.info)
     assert not any("the dataset's diagnosis" in i.value for i in at.main.info)
+    # The dataset patient's context leaves with the photo: the user's own photo is not read with it.
+    assert at.number_input[0].value is None
+    assert [s.value for s in at.selectbox if s.label in ("Sex", "Body site")] == ["unknown", "unknown"]
 
 
 @pytest.mark.slow
