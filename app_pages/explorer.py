@@ -76,7 +76,7 @@ c1.plotly_chart(px.bar(counts, x="photos", y="diagnosis", color="diagnosis", ori
                 key="dx_chart")
 c2.plotly_chart(px.histogram(view, x="age", color="diagnosis", nbins=20, title="Age",
                              color_discrete_map=views.colours_by_name(),
-                             category_orders={"diagnosis": [CLASS_NAMES[c] for c in CLASS_NAMES]}),
+                             category_orders={"diagnosis": list(CLASS_NAMES.values())}),
                 key="age_chart")
 c3, c4 = st.columns(2)
 c3.plotly_chart(px.histogram(view, y="localization", title="Localization"), key="site_chart")

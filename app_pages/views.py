@@ -20,7 +20,7 @@ from PIL import Image
 from plotly.subplots import make_subplots
 
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, Predictor
-from skin_model.constants import SITES
+from skin_model.constants import SEXES, SITES
 from skin_model.explain.cam import METHODS, Heatmap
 from skin_model.io.images import ACCEPTED_SUFFIXES, Photo
 from skin_model.model.card import ModelCard
@@ -57,7 +57,7 @@ def patient_context(key: str) -> dict[str, float | str | None]:
     with st.expander("Patient context (optional)"):
         c1, c2, c3 = st.columns(3)
         age = c1.number_input("Age", min_value=0, max_value=110, value=None, step=1, key=f"{key}_age")
-        sex = c2.selectbox("Sex", ["unknown", "male", "female"], key=f"{key}_sex")
+        sex = c2.selectbox("Sex", ["unknown", *SEXES], key=f"{key}_sex")
         site = c3.selectbox("Body site", ["unknown", *SITES], key=f"{key}_site")
     return {"age": float(age) if age is not None else None, "sex": None if sex == "unknown" else sex,
             "site": None if site == "unknown" else site}
@@ -67,7 +67,7 @@ def prefill_patient_context(key: str, age: float | None, sex: str | None, site: 
     """Set the patient-context widgets of page `key` before it is shown (unknown or unlisted values
     stay "unknown")."""
     st.session_state[f"{key}_age"] = int(age) if age is not None and age == age else None
-    st.session_state[f"{key}_sex"] = sex if sex in ("male", "female") else "unknown"
+    st.session_state[f"{key}_sex"] = sex if sex in SEXES else "unknown"
     st.session_state[f"{key}_site"] = site if site in SITES else "unknown"
 
 

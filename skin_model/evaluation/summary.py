@@ -45,8 +45,8 @@ def interval_notes(report: dict[str, Any]) -> list[str]:
         if not any(seq["balanced_accuracy_minus_mean_of_photos"]):
             notes.append("lesions with 2+ photos: the sequence prediction's balanced accuracy equals that of the "
                          "mean of the photos in every resample (no difference)")
-            return notes
-        notes.append("lesions with 2+ photos, sequence minus mean of photos (balanced accuracy): {:+.3f} to {:+.3f} "
-                     "(ahead in {:.0%} of resamples)".format(*seq["balanced_accuracy_minus_mean_of_photos"],
-                                                            seq["share_of_resamples_ahead"]))
+        else:
+            notes.append("lesions with 2+ photos, sequence minus mean of photos (balanced accuracy): {:+.3f} to {:+.3f} "
+                         "(ahead in {:.0%} of resamples)".format(*seq["balanced_accuracy_minus_mean_of_photos"],
+                                                                seq["share_of_resamples_ahead"]))
     return notes
