@@ -21,7 +21,8 @@ from plotly.subplots import make_subplots
 
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, Predictor
 from skin_model.constants import SEXES, SITES
-from skin_model.explain.cam import METHODS, Heatmap
+from skin_model.explain.heatmap import Heatmap
+from skin_model.explain.methods import METHOD_NAMES
 from skin_model.io.images import ACCEPTED_SUFFIXES, Photo
 from skin_model.model.card import ModelCard
 from skin_model.predict import Analysis
@@ -158,7 +159,7 @@ def verdict(decision: Decision) -> bool:
 def cam_controls(key: str, default_method: str) -> tuple[str, str | None, float]:
     """Method, target class (None: the class shown for each photo) and opacity for the heatmaps."""
     c1, c2, c3 = st.columns(3)
-    method = c1.selectbox("Heatmap method", list(METHODS), index=list(METHODS).index(default_method),
+    method = c1.selectbox("Heatmap method", METHOD_NAMES, index=METHOD_NAMES.index(default_method),
                           key=f"{key}_method",
                           help="The default is the method whose heatmaps pointed inside the lesion most often on test.")
     options = ["predicted class", *CLASSES]

@@ -1,13 +1,16 @@
-"""CPU latency of the shipped model: one photo, a batch of 32, one photo plus its
-Grad-CAM, and the app's time from start to a healthy server.
+"""CPU latency of the shipped model on both engines (torch, "before"; ONNX Runtime, "after"), against
+a ResNet-50 forward measured in the same run: one photo end to end (JPEG bytes in, decision out), the
+same with its Grad-CAM, a profile of where one photo's time goes, batch scoring of a folder with
+`skin-model predict FOLDER --csv` (a fresh process, start-up included), and the app's start.
 
 Writes benchmarks/results/latency.json and latency.md. Run:
-    python benchmarks/bench_latency.py [--weights DIR] [--repeats 30] [--no-app]
+    python benchmarks/bench_latency.py [--weights DIR] [--repeats 30] [--folder-photos 1000] [--no-app]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -15,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -74,47 +78,121 @@ def app_start_seconds(timeout: float = 60.0) -> float:
         proc.wait(timeout=20)
 
 
+def jpeg_bytes(photo: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def resnet50_forward(repeats: int) -> dict[str, float]:
+    """The yardstick: torchvision's ResNet-50 (random weights: the time is the same) on one 224 px
+    photo, torch eager, no gradients, the threads everything else here uses."""
+    from torchvision.models import resnet50
+
+    net = resnet50(weights=None).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        return timed(lambda: net(x), repeats)
+
+
+def profile(predictor, data: bytes, repeats: int) -> dict[str, float]:
+    """Median milliseconds of each step of one photo, called one by one as the predictor calls them."""
+    from skin_model.data.preprocess import encode_metadata, pixels
+    from skin_model.io.images import load_image
+    from skin_model.trust import ood
+
+    photo = load_image(data)
+    x, meta = pixels([photo], predictor.card.data_config), encode_metadata()[None]
+    scores = predictor.engine.score(x, meta)
+    steps = {
+        "decode": lambda: load_image(data),
+        "preprocess": lambda: pixels([photo], predictor.card.data_config),
+        "network, calibration and OOD distances": lambda: predictor.engine.score(x, meta),
+        "quality checks": lambda: ood.quality(photo),
+        "decision": lambda: predictor._prediction(scores, [ood.quality(photo)], None).decision(0),
+        "heatmap (Grad-CAM, forward and backward)": lambda: predictor.explainer.explain(
+            [photo], meta, ["mel"], "Grad-CAM"),
+    }
+    return {name: timed(fn, repeats)["median_ms"] for name, fn in steps.items()}
+
+
+def folder_throughput(weights: str | None, engine: str, n: int) -> dict[str, float]:
+    """`skin-model predict FOLDER --csv` over n HAM10000 JPEGs (200x150), timed from the command's
+    start to its exit: photos per second end to end."""
+    shared = Path(os.environ.get("HAM10000_DIR", ROOT.parent / "shared" / "ham10000")) / "images"
+    files = sorted(shared.glob("*.jpg"))[:n] if shared.is_dir() else []
+    if not files:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        for f in files:
+            (folder / f.name).symlink_to(f)
+        command = [sys.executable, "-m", "skin_model", "predict", str(folder), "--csv", str(Path(tmp) / "out.csv"),
+                   "--engine", engine, *(["--weights", weights] if weights else [])]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        seconds = time.perf_counter() - start
+    return {"photos": len(files), "seconds": seconds, "photos_per_second": len(files) / seconds}
+
+
+def measure(predictor, data: bytes, args: argparse.Namespace) -> dict:
+    """One engine's figures: one photo, one photo with Grad-CAM, the profile, a folder."""
+    predictor.analyse([data])  # loads the explainer
+    engine = "onnx" if predictor.engine.name == "ONNX Runtime" else "torch"
+    return {"engine": predictor.device_name,
+            "one_photo": timed(lambda: predictor.predict([data]).decision(0), args.repeats),
+            "one_photo_plus_gradcam": timed(lambda: predictor.analyse([data]).prediction.decision(0), args.repeats),
+            "profile_ms": profile(predictor, data, args.repeats),
+            "folder": folder_throughput(args.weights, engine, args.folder_photos)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--weights")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--folder-photos", type=int, default=1000)
     parser.add_argument("--no-app", action="store_true")
     args = parser.parse_args()
 
-    predictor = load_predictor(args.weights, device="cpu")
-    photo = sample_photo()
-    batch = [sample_photo(i) for i in range(32)]
-    results = {
+    data = jpeg_bytes(sample_photo())
+    results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
                    f"{torch.__version__}, {torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d"),
-        "one_photo": timed(lambda: predictor.predict([photo]), args.repeats),
-        "batch_32_photos": timed(lambda: predictor.predict_each(batch), max(3, args.repeats // 10)),
-        "one_photo_plus_gradcam": timed(lambda: predictor.analyse([photo]), args.repeats),  # one forward
+        "resnet50_forward": resnet50_forward(args.repeats),
     }
-    if torch.cuda.is_available():
-        gpu = load_predictor(args.weights, device="cuda")
-        big = batch * 8
-        gpu.predict_each(big, batch_size=256)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        gpu.predict_each(big, batch_size=256)
-        torch.cuda.synchronize()
-        results["gpu"] = {"device": torch.cuda.get_device_name(0),
-                          "photos_per_second": len(big) / (time.perf_counter() - start)}
-    results["shipped_training"] = {k: predictor.card.training.get(k) for k in ("hardware", "seconds")}
+    for engine in ("torch", "onnx"):
+        results[engine] = measure(load_predictor(args.weights, device="cpu", engine=engine), data, args)
+    resnet = results["resnet50_forward"]["median_ms"]
+    for engine in ("torch", "onnx"):
+        r = results[engine]
+        r["one_photo_vs_resnet50"] = r["one_photo"]["median_ms"] / resnet
+        r["gradcam_vs_resnet50"] = r["one_photo_plus_gradcam"]["median_ms"] / resnet
+    card = load_predictor(args.weights).card
+    results["shipped_training"] = {k: card.training.get(k) for k in ("hardware", "seconds")}
     if not args.no_app:
         results["app_start_to_healthy_s"] = app_start_seconds()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "latency.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"Machine: {results['machine']} ({results['date']})", "", "| measure | median | p90 |", "|---|---|---|"]
-    for key in ("one_photo", "batch_32_photos", "one_photo_plus_gradcam"):
-        r = results[key]
-        lines.append(f"| {key.replace('_', ' ')} (CPU) | {r['median_ms']:.0f} ms | {r['p90_ms']:.0f} ms |")
+    lines = [f"Machine: {results['machine']} ({results['date']}); medians of {args.repeats} runs", "",
+             f"ResNet-50 forward (torch eager, 224 px, one photo): {resnet:.1f} ms", "",
+             "| measure | torch (before) | ONNX Runtime (after) |", "|---|---|---|"]
+    t, o = results["torch"], results["onnx"]
+    lines.append(f"| one photo end to end (JPEG in, decision out) | {t['one_photo']['median_ms']:.1f} ms "
+                 f"({t['one_photo_vs_resnet50']:.2f}x ResNet-50) | {o['one_photo']['median_ms']:.1f} ms "
+                 f"({o['one_photo_vs_resnet50']:.2f}x) |")
+    lines.append(f"| one photo with its Grad-CAM | {t['one_photo_plus_gradcam']['median_ms']:.1f} ms "
+                 f"({t['gradcam_vs_resnet50']:.2f}x) | {o['one_photo_plus_gradcam']['median_ms']:.1f} ms "
+                 f"({o['gradcam_vs_resnet50']:.2f}x) |")
+    if t["folder"] and o["folder"]:
+        lines.append(f"| `skin-model predict FOLDER --csv`, {o['folder']['photos']} JPEGs, start-up included | "
+                     f"{t['folder']['photos_per_second']:.0f} photos/s | {o['folder']['photos_per_second']:.0f} "
+                     "photos/s |")
+    for step in o["profile_ms"]:
+        lines.append(f"| profile: {step} | {t['profile_ms'][step]:.2f} ms | {o['profile_ms'][step]:.2f} ms |")
     if "app_start_to_healthy_s" in results:
-        lines.append(f"| app start to healthy | {results['app_start_to_healthy_s']:.1f} s | |")
-    if "gpu" in results:
-        lines.append(f"| GPU throughput ({results['gpu']['device']}) | {results['gpu']['photos_per_second']:.0f} photos/s | |")
+        lines.append(f"| app start to healthy | | {results['app_start_to_healthy_s']:.1f} s |")
     train = results["shipped_training"]
     if train.get("seconds"):
         lines.append(f"| training of the shipped weights ({train['hardware']}) | {train['seconds'] / 60:.0f} min | |")

@@ -26,7 +26,7 @@ LAYERS: list[list[str]] = [
     ["data"],
     ["trust"],
     ["model"],
-    ["engine"],
+    ["engine", "runtime"],
     ["explain"],
     ["predict"],
     ["interop", "evaluation"],

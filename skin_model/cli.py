@@ -92,6 +92,19 @@ def _combine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from skin_model.model import checkpoint
+
+    card = checkpoint.export(args.weights)
+    graphs = card.onnx
+    assert graphs is not None
+    directory = args.weights or checkpoint.default_weights_dir()
+    print(f"wrote {graphs.photo_file} (sha256 {graphs.photo_sha256[:12]}…) and {graphs.sequence_file} "
+          f"(sha256 {graphs.sequence_sha256[:12]}…) to {directory}, and recorded them in its model card; "
+          "ONNX Runtime serves them")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from skin_model.data.ham10000 import load_ham10000
     from skin_model.evaluation.evaluate import evaluate_heatmaps, evaluate_ood, evaluate_split, format_table, to_json
@@ -130,23 +143,35 @@ def _expand(paths: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
     from skin_model.io.images import ImageError, load_image
     from skin_model.predict import load_predictor
+    from skin_model.runtime import threads
 
     paths, errors = _expand(args.images)
     for message in errors:
         print(f"skin-model: error: {message}", file=sys.stderr)
-    photos, names, failed = [], [], bool(errors)
-    for path in paths:
+    def decode(path: str) -> Image.Image | ImageError:
         try:
-            photos.append(load_image(path, name=path))
-            names.append(path)
+            return load_image(path, name=path)
         except ImageError as exc:
-            print(f"skin-model: error: {exc}", file=sys.stderr)
-            failed = True
+            return exc
+
+    photos, names, failed = [], [], bool(errors)
+    with ThreadPoolExecutor(threads()) as pool:  # decoding overlaps: PIL releases the GIL
+        for path, decoded in zip(paths, pool.map(decode, paths)):
+            if isinstance(decoded, ImageError):
+                print(f"skin-model: error: {decoded}", file=sys.stderr)
+                failed = True
+            else:
+                photos.append(decoded)
+                names.append(path)
     result = {"classes": list(CLASSES), "images": [], "sequence": None, "triage": None}
     if photos:
-        predictor = load_predictor(args.weights, args.device)
+        predictor = load_predictor(args.weights, args.device, args.engine)
         context = {"age": args.age, "sex": args.sex, "site": args.site}
         if args.sequence:
             pred = predictor.predict(photos, sequence=True, **context)
@@ -325,12 +350,19 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--out", required=True, help="folder to write the ensemble to")
     co.set_defaults(func=_combine)
 
+    ex = sub.add_parser("export", help="export verified weights for ONNX Runtime (the serving engine); train, "
+                                       "calibrate and combine do it too")
+    ex.add_argument("--weights", help="folder with weights and model card (default: shipped)")
+    ex.set_defaults(func=_export)
+
     pr = sub.add_parser("predict", help="class probabilities of photos")
     pr.add_argument("images", nargs="+", help="photos (JPEG, PNG, DICOM, ...) or folders of them")
     pr.add_argument("--sequence", action="store_true", help="read the files as one lesion's photos, in order")
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--weights")
-    pr.add_argument("--device")
+    pr.add_argument("--device", help="cpu (default), or cuda / mps for the torch engine")
+    pr.add_argument("--engine", choices=("onnx", "torch"), help="what computes the probabilities (default: ONNX "
+                    "Runtime when the weights carry an export, else torch; both give the same figures)")
     pr.add_argument("--age", type=float)
     pr.add_argument("--sex", choices=("male", "female"))
     pr.add_argument("--site", help="body site, e.g. back, face, lower extremity")

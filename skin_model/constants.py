@@ -54,4 +54,7 @@ MIN_SIDE: int = 16
 
 METADATA_FILE: str = "HAM10000_metadata.csv"  # the dataset's own name for its table
 WEIGHTS_FILE: str = "skin_model.safetensors"
+# The same weights exported for ONNX Runtime (the serving engine): the photo forward and the sequence read.
+ONNX_PHOTO_FILE: str = "skin_model.onnx"
+ONNX_SEQUENCE_FILE: str = "skin_model_sequence.onnx"
 CARD_FILE: str = "model_card.json"

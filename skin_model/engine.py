@@ -7,18 +7,19 @@ same code:
     encoded = encode(model, photos, meta)                    # batched, no gradients
     probs = shown_probabilities(model, encoded.logits)       # what the user is shown
 
-The network's inputs are built here too: `preprocess` (photos, from the card's data config)
-and `encode_metadata` / `table_metadata` (patient context). `Scorer` is the same forward as
-a module, for Grad-CAM: it runs once per photo and keeps the features and logits, so a
-heatmap and its prediction come from one forward.
+Serving runs the same forward as graphs (model/serving.py): `TorchEngine` here, and
+`runtime.OnnxEngine` (ONNX Runtime, no torch) as exported; both return `model.scores.Scores`.
+
+`preprocess` builds the network's input from photos (data.preprocess also encodes the patient
+context). `Scorer` is the same forward as a module, for Grad-CAM: it runs once per photo and
+keeps the features and logits of that forward.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,12 +27,11 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from skin_model.constants import META_DIM, SEXES, SITES
 from skin_model.data.config import DataConfig
+from skin_model.data.preprocess import pixels
 from skin_model.model.network import SkinLesionNet
-
-if TYPE_CHECKING:
-    import pandas as pd
+from skin_model.model.scores import Scores
+from skin_model.model.serving import PhotoGraph, SequenceGraph
 
 Kind = Literal["photo", "sequence"]
 DEFAULT_CONFIG = DataConfig()
@@ -41,44 +41,18 @@ def preprocess(images: Sequence[Image.Image] | torch.Tensor, config: DataConfig 
     """RGB photos (PIL, or a uint8 (N, 3, H, W) batch) -> the normalised (N, 3, height, width) input.
 
     The whole frame is resized to the input size (nothing of the lesion is cut away) on the uint8
-    pixels with antialiasing, then scaled to [0, 1] and normalised: the same values, bit for bit,
-    as torchvision's Resize, ToDtype and Normalize, without importing torchvision (seconds of
-    start-up). A batch and the same photos one by one give the same values, so training's
-    validation, the predictor and the explainer see identical inputs."""
-    if isinstance(images, torch.Tensor):
-        batches = [images]
-    elif len(images) == 0:
-        raise ValueError("no photos given")
-    else:
-        batches = [torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)[None]
-                   for img in images]
-    size = config.input_size
-    x = torch.cat([F.interpolate(b, size=size, mode=config.interpolation, antialias=True, align_corners=False)
-                   for b in batches])
+    pixels with antialiasing, then scaled to [0, 1] and normalised. Photos go through
+    `data.preprocess.pixels`, which the ONNX Runtime engine uses too; a uint8 batch (training's
+    validation) through torch's own resize, which that module reproduces bit for bit. So training's
+    validation, both engines and the explainer see identical inputs, and a batch and the same photos
+    one by one give the same values."""
+    if not isinstance(images, torch.Tensor):
+        return torch.from_numpy(pixels(images, config))
+    x = F.interpolate(images, size=config.input_size, mode=config.interpolation, antialias=True, align_corners=False)
     x = x.to(torch.float32).mul_(1 / 255)
     mean = torch.tensor(config.mean, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(config.std, dtype=x.dtype).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std)
-
-
-def encode_metadata(age: float | None = None, sex: str | None = None, site: str | None = None) -> np.ndarray:
-    """Patient context as a fixed-length vector; unknown fields are all zeros plus a flag."""
-    vec = np.zeros(META_DIM, dtype=np.float32)
-    if age is not None and not (isinstance(age, float) and math.isnan(age)):
-        vec[0] = float(age) / 100.0
-        vec[1] = 1.0
-    if isinstance(sex, str) and sex.lower() in SEXES:
-        vec[2 + SEXES.index(sex.lower())] = 1.0
-    if isinstance(site, str) and site.lower() in SITES:
-        vec[2 + len(SEXES) + SITES.index(site.lower())] = 1.0
-    return vec
-
-
-def table_metadata(table: pd.DataFrame) -> np.ndarray:
-    """Encode the age, sex and localization columns of a metadata table."""
-    return np.stack(
-        [encode_metadata(r.age, r.sex, r.localization) for r in table.itertuples()]
-    ) if len(table) else np.zeros((0, META_DIM), dtype=np.float32)
 
 
 @dataclass
@@ -153,6 +127,29 @@ def sequence_logits(model: SkinLesionNet, features: torch.Tensor | np.ndarray, l
     feats, raw = torch.as_tensor(features, device=device), torch.as_tensor(logits, device=device)
     out = [model.sequence_logits(feats[list(rows)][None], raw[list(rows)][None])[0].float() for rows in groups]
     return torch.stack(out) if out else torch.zeros(0, logits.shape[-1], device=device)
+
+
+class TorchEngine:
+    """The served graphs (model/serving.py) run in torch: on a GPU, for weights without an ONNX
+    export, and as the reference the ONNX Runtime engine is tested against. Same `Scores`."""
+
+    name = "PyTorch"
+
+    def __init__(self, model: SkinLesionNet) -> None:
+        self.model = model
+        self._photo, self._sequence = PhotoGraph(model), SequenceGraph(model)
+
+    @torch.no_grad()
+    def score(self, pixels: np.ndarray, meta: np.ndarray) -> Scores:
+        device = device_of(self.model)
+        out = self._photo(torch.as_tensor(pixels, device=device), torch.as_tensor(meta, device=device))
+        return Scores(*(t.float().cpu().numpy() for t in out))
+
+    @torch.no_grad()
+    def sequence(self, features: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        device = device_of(self.model)
+        raw, shown = self._sequence(torch.as_tensor(features, device=device), torch.as_tensor(logits, device=device))
+        return raw.float().cpu().numpy(), shown.float().cpu().numpy()
 
 
 class Scorer(nn.Module):

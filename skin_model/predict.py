@@ -3,15 +3,17 @@
     >>> predictor = load_predictor()
     >>> result = predictor.predict([photo_2019, photo_2021])
     >>> result.photos[0]["mel"], result.sequence["mel"]
-    >>> analysis = predictor.analyse([photo], method="Grad-CAM")   # + heatmaps, one forward
+    >>> analysis = predictor.analyse([photo], method="Grad-CAM")   # + heatmaps
 
-Every probability comes from `engine.shown_probabilities`; `predict` and `analyse` build
-their `Prediction` with the same function, from one forward per photo.
+Every probability comes from the engine's served graph (model/serving.py): on ONNX Runtime
+(runtime.OnnxEngine, the default on a CPU: no torch import) or in torch (engine.TorchEngine).
+torch and the network load only when a heatmap, an evaluation or a GPU asks for them.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,23 +21,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from skin_model import engine
+from skin_model import runtime
 from skin_model.constants import CLASSES
-from skin_model.devices import describe, select_device
+from skin_model.data.preprocess import encode_metadata, pixels
 from skin_model.io.images import ImageSource, load_image
-from skin_model.model import checkpoint
 from skin_model.model.card import ModelCard
-from skin_model.model.network import SkinLesionNet
+from skin_model.model.files import check_card, default_weights_dir, read_card, verified
+from skin_model.model.scores import Engine, Scores
 from skin_model.trust import ood
 from skin_model.trust.decision import Decision, decide
 from skin_model.trust.triage import TriageRule
 
-if TYPE_CHECKING:  # Grad-CAM (with torchvision and OpenCV) loads only once a heatmap is asked for
-    from skin_model.explain.cam import Explainer, Heatmap
+if TYPE_CHECKING:  # torch, the network and Grad-CAM load only when asked for
+    import torch
 
+    from skin_model.explain.cam import Explainer
+    from skin_model.explain.heatmap import Heatmap
+    from skin_model.model.network import SkinLesionNet
+
+ENGINES = ("onnx", "torch")
 DEFAULT_INCONCLUSIVE_BELOW = 0.5
 
 
@@ -105,49 +111,96 @@ class Analysis:
     heatmaps: list[Heatmap]
 
 
-def _probs(probs: torch.Tensor) -> list[dict[str, float]]:
-    p = probs.float().cpu().numpy().reshape(-1, len(CLASSES))
+def _probs(probs: np.ndarray) -> list[dict[str, float]]:
+    p = np.asarray(probs, dtype=np.float64).reshape(-1, len(CLASSES))
     return [{c: float(v) for c, v in zip(CLASSES, row)} for row in p]
 
 
 class Predictor:
-    """A loaded model on its device; thread-safe for prediction (no shared state is written)."""
+    """Weights ready to score photos; thread-safe (no shared state is written while predicting).
 
-    def __init__(self, model: SkinLesionNet, card: ModelCard, device: torch.device) -> None:
-        self.model = model.to(device).eval()
-        self.card = card
-        self.device = device
+    `engine` computes every probability (runtime.OnnxEngine or engine.TorchEngine); `model`, the
+    torch network, is loaded from `directory` only when first needed (heatmaps, evaluation)."""
+
+    def __init__(self, card: ModelCard, engine: Engine, directory: Path | None = None,
+                 model: SkinLesionNet | None = None) -> None:
+        if directory is None and model is None:
+            raise ValueError("a predictor needs the weights' folder or a loaded model")
+        self.card, self.engine, self.directory = card, engine, directory
+        self._model = model
+        self._lock = threading.Lock()
         self._explainer: Explainer | None = None
-        self._explainer_lock = threading.Lock()
+
+    @classmethod
+    def from_model(cls, model: SkinLesionNet, card: ModelCard, device: str | torch.device = "cpu") -> Predictor:
+        """A predictor over a network already in memory, on the torch engine (training, tests)."""
+        from skin_model.engine import TorchEngine
+
+        model = model.to(device).eval()
+        return cls(card, TorchEngine(model), model=model)
+
+    @property
+    def model(self) -> SkinLesionNet:
+        """The torch network of these weights (verified; loaded on first use, on the CPU unless the
+        engine is torch on another device)."""
+        with self._lock:
+            if self._model is None:
+                from skin_model.model import checkpoint
+
+                self._model = checkpoint.load(self.directory)[0]
+            return self._model
 
     @functools.cached_property
     def device_name(self) -> str:
-        return describe(self.device)
+        """Where and with what the probabilities are computed, for the app's sidebar."""
+        if isinstance(self.engine, runtime.OnnxEngine):
+            return f"CPU ({self.engine.name}, {runtime.threads()} threads)"
+        from skin_model.devices import describe
+        from skin_model.engine import device_of
+
+        return f"{describe(device_of(self.model))} ({self.engine.name})"
 
     @property
     def explainer(self) -> Explainer:
-        """The Grad-CAM explainer over this model, made on first use."""
+        """The Grad-CAM explainer over this model, made on first use (this loads torch)."""
         from skin_model.explain.cam import Explainer
 
-        with self._explainer_lock:
+        model = self.model
+        with self._lock:
             if self._explainer is None:
-                self._explainer = Explainer(self.model)
+                self._explainer = Explainer(model)
             return self._explainer
 
     @functools.cached_property
     def default_cam_method(self) -> str:
         """The heatmap method the card's figures recommend (fixed for the weights: computed once)."""
-        from skin_model.explain.cam import default_method
+        from skin_model.explain.methods import default_method
 
         return default_method(self.card)
+
+    @functools.cached_property
+    def _pooling(self) -> dict[str, np.ndarray]:
+        """The sequence pooling's fitted buffers, from the network if loaded, else from the verified
+        weights file (read as numpy: describing the pooling must not load torch)."""
+        names = ("sequence_sharpness", "sequence_mix", "sequence_temperature", "sequence_bias")
+        if self._model is not None or self.directory is None:
+            return {n: getattr(self.model, n).detach().cpu().numpy() for n in names}
+        from safetensors import safe_open
+
+        path = verified(self.directory / self.card.weights_file, self.card.sha256, "weights")
+        with safe_open(str(path), framework="numpy") as weights:
+            known = set(weights.keys())
+            defaults = {"sequence_sharpness": np.zeros(()), "sequence_mix": np.ones(())}  # before they were fitted
+            return {n: weights.get_tensor(n) if n in known else defaults[n] for n in names}
 
     @property
     def sequence_method(self) -> str:
         """Exactly how the sequence's probabilities are computed from the photos', in words for the
         app and the reports (so a caption never says "the mean" of numbers that are not the mean)."""
-        sharp, mix = float(self.model.sequence_sharpness), float(self.model.sequence_mix)
-        temperature = float(self.model.sequence_temperature)
-        bias = self.model.sequence_bias.abs().max().item()
+        pooling = self._pooling
+        sharp, mix = float(pooling["sequence_sharpness"]), float(pooling["sequence_mix"])
+        temperature = float(pooling["sequence_temperature"])
+        bias = float(np.abs(pooling["sequence_bias"]).max())
         pooled = ("a weighted mean of the photos' probabilities, clearer (more confident) photos weighing more"
                   if sharp > 0 else "the mean of the photos' probabilities")
         if mix > 0:
@@ -166,11 +219,10 @@ class Predictor:
         """The card's "see a dermatologist" rule (None for weights fitted before triage existed)."""
         return self.card.trust.triage
 
-    def _meta(self, n: int, age: float | None, sex: str | None, site: str | None) -> torch.Tensor | None:
-        if age is None and not sex and not site:
-            return None
-        vec = engine.encode_metadata(age, sex, site)
-        return torch.as_tensor(np.repeat(vec[None], n, axis=0), device=self.device)
+    @staticmethod
+    def _meta(n: int, age: float | None, sex: str | None, site: str | None) -> np.ndarray:
+        """Context rows for n photos (zeros, which add exactly nothing, when nothing is known)."""
+        return np.repeat(encode_metadata(age, sex, site)[None], n, axis=0)
 
     @staticmethod
     def _decoded(images: Sequence[ImageSource]) -> list[Image.Image]:
@@ -178,18 +230,28 @@ class Predictor:
             raise ValueError("no photos given")
         return [img if isinstance(img, Image.Image) and img.mode == "RGB" else load_image(img) for img in images]
 
-    @torch.no_grad()
-    def _prediction(self, photos: list[Image.Image], encoded: engine.Encoded, sequence: bool | None) -> Prediction:
-        """The one place a Prediction is assembled from a forward's features and raw logits."""
-        shown = _probs(engine.shown_probabilities(self.model, encoded.logits, "photo"))
-        verdicts = self.check(photos, encoded)
+    def _score(self, photos: Sequence[Image.Image], meta: np.ndarray, batch_size: int = 64,
+               ) -> tuple[Scores, list[dict[str, float]]]:
+        """The engine's scores and each photo's quality, in batches. Preparing the photos in a thread
+        pool beside ONNX Runtime's own threads was slower on two cores (70 against 150 photos a second):
+        the engine uses every core, and the preparation (about 1.5 ms a photo) is small beside it."""
+        parts, qualities = [], []
+        for start in range(0, len(photos), batch_size):
+            batch = photos[start:start + batch_size]
+            parts.append(self.engine.score(pixels(batch, self.card.data_config), meta[start:start + len(batch)]))
+            qualities += [ood.quality(p) for p in batch]
+        return (parts[0] if len(parts) == 1 else Scores.concat(parts)), qualities
+
+    def _prediction(self, scores: Scores, qualities: list[dict[str, float]],
+                    sequence: bool | None) -> Prediction:
+        """The one place a Prediction is assembled from a forward's scores."""
+        verdicts = ood.check(qualities, scores.feature_distance, self.card.trust.ood or {}, scores.texture_distance)
         accepted = [i for i, v in enumerate(verdicts) if v is None or not v.rejected][-self.card.max_sequence:]
         seq = None
         if len(accepted) > 1 and sequence is not False:  # one accepted photo is a photo, not a sequence
-            raw = engine.sequence_logits(self.model, encoded.features, encoded.logits, [accepted])
-            seq = _probs(engine.shown_probabilities(self.model, raw, "sequence"))[0]
-        return Prediction(photos=shown, sequence=seq, inconclusive_below=self.inconclusive_below, ood=verdicts,
-                          sequence_method=self.sequence_method if seq is not None else None,
+            seq = _probs(self.engine.sequence(scores.features[accepted], scores.logits[accepted])[1])[0]
+        return Prediction(photos=_probs(scores.shown), sequence=seq, inconclusive_below=self.inconclusive_below,
+                          ood=verdicts, sequence_method=self.sequence_method if seq is not None else None,
                           sequence_photos=accepted if seq is not None else [], triage=self.triage)
 
     def predict(self, images: Sequence[ImageSource], age: float | None = None, sex: str | None = None,
@@ -201,43 +263,57 @@ class Predictor:
         them are also read as one lesion.
         """
         photos = self._decoded(images)
-        encoded = engine.encode(self.model, photos, self._meta(len(photos), age, sex, site))
-        return self._prediction(photos, encoded, sequence)
+        return self._prediction(*self._score(photos, self._meta(len(photos), age, sex, site)), sequence)
 
     def analyse(self, images: Sequence[ImageSource], age: float | None = None, sex: str | None = None,
                 site: str | None = None, sequence: bool | None = None, method: str | None = None,
                 target: str | None = None) -> Analysis:
-        """`predict` plus a heatmap per photo from the same forward: for `target`, or for the class
-        the user is shown for that photo (with the same patient context)."""
+        """`predict` plus a heatmap per photo: for `target`, else for the class the user is shown for
+        that photo (the prediction's own top class, so the heatmap explains what is on screen)."""
         photos = self._decoded(images)
-        explained = self.explainer.explain(photos, self._meta(len(photos), age, sex, site), [target] * len(photos),
-                                           method or self.default_cam_method)
-        return Analysis(self._prediction(photos, explained.encoded, sequence), explained.heatmaps)
+        meta = self._meta(len(photos), age, sex, site)
+        prediction = self._prediction(*self._score(photos, meta), sequence)
+        targets = [target or Prediction.top(p)[0] for p in prediction.photos]
+        explained = self.explainer.explain(photos, meta, targets, method or self.default_cam_method)
+        return Analysis(prediction, explained.heatmaps)
 
-    def check(self, photos: list[Image.Image], encoded: engine.Encoded) -> list[ood.OODVerdict | None]:
-        """The out-of-distribution verdict of each photo from its forward (None when the weights carry no OOD fit)."""
-        return ood.check(photos, encoded.features, self.model.ood_reference(), self.card.trust.ood or {},
-                         encoded.textures)
-
-    def predict_each(self, images: Sequence[ImageSource], batch_size: int = 32, **context: Any) -> Prediction:
-        """Score unrelated photos independently, in batches (no sequence)."""
-        parts = [self.predict(images[start:start + batch_size], sequence=False, **context)
-                 for start in range(0, len(images), batch_size)]
-        return Prediction(photos=[p for part in parts for p in part.photos], sequence=None,
-                          inconclusive_below=self.inconclusive_below, ood=[v for part in parts for v in part.ood],
-                          triage=self.triage)
+    def predict_each(self, images: Sequence[ImageSource], batch_size: int = 64, **context: Any) -> Prediction:
+        """Score unrelated photos independently (no sequence), in batches: how folders are scored."""
+        photos = self._decoded(images)
+        meta = self._meta(len(photos), context.get("age"), context.get("sex"), context.get("site"))
+        return self._prediction(*self._score(photos, meta, batch_size), sequence=False)
 
 
-def load_predictor(weights: str | Path | None = None, device: str | torch.device | None = None) -> Predictor:
-    """Load and verify the weights (the shipped ones by default) on the best device.
+def load_predictor(weights: str | Path | None = None, device: str | torch.device | None = None,
+                   engine: str | None = None) -> Predictor:
+    """Load and verify the weights (the shipped ones by default).
 
-    `weights` is the folder holding the safetensors file and its model card (default:
+    `weights` is the folder holding the weights, their ONNX graphs and their model card (default:
     `SKIN_MODEL_WEIGHTS`, else the weights installed with the package or the repository's).
-    The device is the argument, else `SKIN_MODEL_DEVICE`, else CUDA, MPS or CPU.
+    `engine` is "onnx" or "torch" (default: `SKIN_MODEL_ENGINE`, else ONNX Runtime on the CPU when
+    the weights carry an export, torch otherwise). `device` (default: `SKIN_MODEL_DEVICE`) other
+    than "cpu" asks for torch on that device (CUDA, MPS).
     """
-    model, card = checkpoint.load(weights)
-    dev = device if isinstance(device, torch.device) else select_device(device)
-    return Predictor(model, card, dev)
+    directory = Path(weights) if weights is not None else default_weights_dir()
+    card = read_card(directory)
+    device = str(device) if device else os.environ.get("SKIN_MODEL_DEVICE") or None
+    engine = engine or os.environ.get("SKIN_MODEL_ENGINE") or ("onnx" if card.onnx and device in (None, "cpu")
+                                                              else "torch")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    if engine == "onnx":
+        if device not in (None, "cpu"):
+            raise ValueError(f"the ONNX Runtime engine runs on the CPU, not {device!r}; use the torch engine")
+        # The graph holds the network, so any backbone name serves; the rest must agree with this code.
+        check_card(card, backbones=(card.backbone, *(m.backbone for m in card.members)))
+        return Predictor(card, runtime.OnnxEngine(directory, card), directory)
+    from skin_model.devices import select_device
+    from skin_model.engine import TorchEngine
+    from skin_model.model import checkpoint
+
+    model, card = checkpoint.load(directory)
+    model = model.to(select_device(device)).eval()
+    return Predictor(card, TorchEngine(model), directory, model)
 
 
 __all__ = ["Analysis", "Prediction", "Predictor", "load_predictor"]

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from skin_model import engine
+from skin_model import engine, runtime
 from skin_model.constants import CLASSES
+from skin_model.data import preprocess
 from skin_model.data.ham10000 import Ham10000, lesion_groups, split_table
 from skin_model.data.transforms import VARIANTS
 from skin_model.evaluation import ood_set
@@ -43,8 +44,9 @@ def calibrated_probs(model: SkinLesionNet, logits: np.ndarray, kind: engine.Kind
 
 def ood_scores(model: SkinLesionNet, card: ModelCard, photos: list[Image.Image]) -> tuple[np.ndarray, list[str | None]]:
     """Out-of-distribution score (> 1 rejects) and reason of each photo, as the predictor decides."""
-    encoded = engine.encode(model, photos)
-    verdicts = ood.check(photos, encoded.features, model.ood_reference(), card.trust.ood or {}, encoded.textures)
+    scores = runtime.score_photos(engine.TorchEngine(model), photos, model.data_config)
+    verdicts = ood.check([ood.quality(p) for p in photos], scores.feature_distance, card.trust.ood or {},
+                         scores.texture_distance)
     return np.array([v.score for v in verdicts]), [v.reason for v in verdicts]
 
 
@@ -111,7 +113,7 @@ def evaluate_split(model: SkinLesionNet, ham: Ham10000, split: str = "test", see
     table = split_table(ham, split, seed, limit)
     labels = table.label.to_numpy()
     photos = [load_image(p) for p in table.path]
-    meta = engine.table_metadata(table)
+    meta = preprocess.table_metadata(table)
     report: dict[str, Any] = {"split": split, "n_photos": len(table), "n_lesions": int(table.lesion_id.nunique()),
                               "single_photo": {}, "with_patient_context": {}}
     base_feats = base_logits = None

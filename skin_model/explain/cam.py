@@ -1,4 +1,5 @@
-"""Grad-CAM heatmaps with the pytorch-grad-cam package.
+"""Grad-CAM heatmaps with the pytorch-grad-cam package (the method names, the default method and the
+heatmap itself live in torch-free modules, so pages and reports that only show heatmaps never load torch).
 
 The explainer owns a private copy of the network's modules (over the same weight
 tensors), guarded by a lock: CAM hooks never touch the model that serves
@@ -12,7 +13,6 @@ import copy
 import threading
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -20,65 +20,22 @@ from PIL import Image
 from skin_model.constants import CLASSES
 from skin_model.engine import Encoded, Scorer, ShownClass, device_of, preprocess, shown_probabilities
 from skin_model.explain.deferred_imports import deferred_imports
+from skin_model.explain.heatmap import Heatmap
+from skin_model.explain.methods import DEFAULT_METHOD, METHOD_NAMES
 from skin_model.io.images import ImageSource, load_image
-from skin_model.model.card import ModelCard
 from skin_model.model.network import SkinLesionNet
 
-# Imported by pytorch-grad-cam only for functions this module never calls (see deferred_imports).
+# Imported by pytorch-grad-cam only for functions this module never calls (see deferred_imports): plots,
+# factorisations, the ROAD metric, detection targets' box IoU and its image utilities' torchvision transforms
+# (torchvision alone costs the app about 170 MB: it pulls in torch._dynamo).
 CAM_UNUSED_IMPORTS = ("matplotlib", "matplotlib.lines", "matplotlib.pyplot", "scipy.ndimage", "scipy.sparse",
-                      "scipy.sparse.linalg", "sklearn.decomposition")
+                      "scipy.sparse.linalg", "sklearn.decomposition", "torchvision", "torchvision.transforms",
+                      "torchvision.transforms.functional")
 with deferred_imports(CAM_UNUSED_IMPORTS):
     from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
     from pytorch_grad_cam.base_cam import BaseCAM
 
-METHODS: dict[str, type[BaseCAM]] = {
-    "Grad-CAM": GradCAM,
-    "Grad-CAM++": GradCAMPlusPlus,
-    "LayerCAM": LayerCAM,
-    "EigenCAM (gradient-free)": EigenCAM,
-}
-DEFAULT_METHOD = "Grad-CAM"
-# Shows the photo's dominant component whatever the class asked for: offered, never the default.
-CLASS_AGNOSTIC = frozenset({"EigenCAM (gradient-free)"})
-
-
-def default_method(card: ModelCard | None) -> str:
-    """The class-discriminative CAM method whose heatmaps fell inside the lesion most often
-    on test (pointing game in the model card), else Grad-CAM. The app's heatmap answers
-    "what made the model say this class", which a class-agnostic method cannot."""
-    scores = card.heatmap_scores() if card is not None else {}
-    measured = {m: v["pointing_game"] for m, v in scores.items() if m in METHODS and m not in CLASS_AGNOSTIC}
-    return max(measured, key=measured.get) if measured else DEFAULT_METHOD
-
-
-@dataclass
-class Heatmap:
-    """A CAM in [0, 1] at the model's input resolution, for one target class."""
-
-    cam: np.ndarray
-    target: str
-    method: str
-
-    def resized(self, size: tuple[int, int]) -> np.ndarray:
-        """The CAM at (width, height), bilinear."""
-        img = Image.fromarray((self.cam * 255).astype(np.uint8)).resize(size, Image.BILINEAR)
-        return np.asarray(img, dtype=np.float32) / 255.0
-
-    def overlay(self, photo: Image.Image, opacity: float = 0.5) -> Image.Image:
-        """The photo with the heatmap blended on top (opacity 0 = photo only)."""
-        rgb = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255.0
-        # Blend here rather than with show_cam_on_image, which divides the result by its
-        # maximum and so brightens the photo (a dark photo about 2x, even at opacity 0).
-        heat = cv2.applyColorMap(np.uint8(255 * self.resized(photo.size)), cv2.COLORMAP_JET)
-        heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
-        alpha = float(np.clip(opacity, 0.0, 1.0))
-        blended = (1.0 - alpha) * rgb + alpha * heat
-        return Image.fromarray(np.round(255.0 * blended).astype(np.uint8))
-
-    def peak(self) -> tuple[float, float]:
-        """(x, y) of the hottest point, as fractions of width and height."""
-        y, x = np.unravel_index(int(np.argmax(self.cam)), self.cam.shape)
-        return (x + 0.5) / self.cam.shape[1], (y + 0.5) / self.cam.shape[0]
+METHODS: dict[str, type[BaseCAM]] = dict(zip(METHOD_NAMES, (GradCAM, GradCAMPlusPlus, LayerCAM, EigenCAM)))
 
 
 @dataclass
@@ -103,7 +60,7 @@ class Explainer:
         self._lock = threading.Lock()
         self.target_layer: torch.nn.Module = self._model.cam_layer
 
-    def explain(self, photos: list[Image.Image], meta: torch.Tensor | None = None,
+    def explain(self, photos: list[Image.Image], meta: torch.Tensor | np.ndarray | None = None,
                 targets: list[str | None] | None = None, method: str = DEFAULT_METHOD) -> Explained:
         """One forward with CAM hooks: a heatmap per photo for the given class codes (None: the
         class the user is shown, with the same patient context `meta`), and the features and
@@ -118,16 +75,16 @@ class Explainer:
         x = preprocess(photos, self._model.data_config).to(device).requires_grad_(True)
         chosen = [ShownClass(self._model, None if c is None else CLASSES.index(c)) for c in targets]
         with self._lock:
-            scorer = Scorer(self._model, None if meta is None else meta.to(device))
+            scorer = Scorer(self._model, None if meta is None else torch.as_tensor(meta, device=device))
             with METHODS[method](model=scorer, target_layers=[self.target_layer]) as cam:
                 maps = cam(input_tensor=x, targets=chosen)
             encoded = scorer.last
         assert encoded is not None
-        # Gradient-free methods (EigenCAM) never call their targets: the shown class comes from the same forward.
-        shown = shown_probabilities(self._model, encoded.logits, "photo").argmax(-1).tolist()
-        for c, index in zip(chosen, shown):
-            if c.index is None:
-                c.index = int(index)
+        if any(c.index is None for c in chosen):
+            # Gradient-free methods (EigenCAM) never call their targets: the shown class comes from the same forward.
+            shown = shown_probabilities(self._model, encoded.logits, "photo").argmax(-1).tolist()
+            for c, index in zip(chosen, shown):
+                c.index = int(index) if c.index is None else c.index
         heatmaps = [Heatmap(cam=np.nan_to_num(m.astype(np.float32)), target=CLASSES[c.index], method=method)
                     for m, c in zip(maps, chosen)]
         return Explained(heatmaps, encoded)

@@ -34,7 +34,7 @@ from skin_model.model.card import ModelCard
 from skin_model.trust.decision import Decision, percent, triage_rule_text
 
 if TYPE_CHECKING:  # Grad-CAM (torch, OpenCV) is not needed to write a report
-    from skin_model.explain.cam import Heatmap
+    from skin_model.explain.heatmap import Heatmap
 
 TITLE = "Skin-lesion analysis report"
 # One colour per class (malignant classes in warm colours), used by the chart and its legend.

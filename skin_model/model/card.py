@@ -68,6 +68,24 @@ class TrustSettings:
 
 
 @dataclass(frozen=True)
+class ExportedGraphs:
+    """The weights' forward exported for ONNX Runtime (`skin-model export`): the photo graph and the
+    sequence graph, each with its sha256, and the sha256 of the weights they were exported from, so
+    a graph never serves weights other than its own."""
+
+    photo_file: str
+    photo_sha256: str
+    sequence_file: str
+    sequence_sha256: str
+    weights_sha256: str
+    opset: int
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ExportedGraphs:
+        return cls(**{f.name: raw[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """The card of one set of weights (see the module docstring)."""
 
@@ -89,6 +107,7 @@ class ModelCard:
     weights_file: str = C.WEIGHTS_FILE
     sha256: str | None = None
     size_bytes: int | None = None
+    onnx: ExportedGraphs | None = None
 
     @property
     def image_size(self) -> int:
@@ -148,6 +167,8 @@ class ModelCard:
                     **({"input_height": self.data_config.input_height} if self.data_config.input_height else {}),
                     "max_sequence": self.max_sequence, "meta_dim": self.meta_dim, "weights_file": self.weights_file,
                     "sha256": self.sha256, "size_bytes": self.size_bytes})
+        if self.onnx is not None:
+            out["onnx"] = {f.name: getattr(self.onnx, f.name) for f in fields(ExportedGraphs)}
         return out
 
     @classmethod
@@ -177,6 +198,7 @@ class ModelCard:
                        malignant=tuple(raw.get("malignant") or ()), max_sequence=raw.get("max_sequence"),
                        meta_dim=raw.get("meta_dim"), version=raw.get("version"),
                        weights_file=str(raw.get("weights_file") or C.WEIGHTS_FILE), sha256=raw.get("sha256"),
-                       size_bytes=raw.get("size_bytes"))
+                       size_bytes=raw.get("size_bytes"),
+                       onnx=ExportedGraphs.from_json(raw["onnx"]) if raw.get("onnx") else None)
         except (TypeError, ValueError, AttributeError, KeyError, ConfigError) as exc:
             raise CardError(f"the model card cannot be read: {exc}") from None

@@ -7,9 +7,7 @@ before a single tensor is read.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,32 +15,18 @@ from safetensors.torch import load_file, save_file
 
 from skin_model import constants as C
 from skin_model.data.config import DataConfig
-from skin_model.model import backbones
-from skin_model.model.card import CardError, MemberCard, ModelCard
+from skin_model.model import backbones, serving
+from skin_model.model.card import ExportedGraphs, MemberCard, ModelCard
+from skin_model.model.files import (
+    WeightsError,
+    check_card,
+    default_weights_dir,
+    read_card,
+    sha256,
+    verified,
+    write_card,
+)
 from skin_model.model.network import SkinLesionNet
-
-REPO_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
-
-
-class WeightsError(RuntimeError):
-    """The weights are missing, altered or do not match this code."""
-
-
-def default_weights_dir() -> Path:
-    """Where the shipped weights are: `SKIN_MODEL_WEIGHTS` if set, else the copy installed with
-    the package (`skin_model/weights`, in a wheel), else the repository's `weights/` folder."""
-    if os.environ.get("SKIN_MODEL_WEIGHTS"):
-        return Path(os.environ["SKIN_MODEL_WEIGHTS"])
-    installed = Path(__file__).resolve().parents[1] / "weights"
-    return installed if (installed / C.CARD_FILE).is_file() else REPO_WEIGHTS_DIR
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def card_of(model: SkinLesionNet, card: ModelCard) -> ModelCard:
@@ -54,28 +38,48 @@ def card_of(model: SkinLesionNet, card: ModelCard) -> ModelCard:
                    members=members)
 
 
-def save(model: SkinLesionNet, directory: str | Path, card: ModelCard) -> ModelCard:
-    """Write the weights and a card that records their checksum; returns that card."""
+def _export(model: SkinLesionNet, directory: Path, weights_sha256: str) -> ExportedGraphs:
+    """Write the served graphs of `model` (the weights whose sha256 is given) next to them."""
+    files = (C.ONNX_PHOTO_FILE, C.ONNX_SEQUENCE_FILE)
+    for name, data in zip(files, serving.graphs(model)):
+        (directory / name).write_bytes(data)
+    return ExportedGraphs(photo_file=files[0], photo_sha256=sha256(directory / files[0]), sequence_file=files[1],
+                          sequence_sha256=sha256(directory / files[1]), weights_sha256=weights_sha256,
+                          opset=serving.OPSET)
+
+
+def save(model: SkinLesionNet, directory: str | Path, card: ModelCard, onnx: bool = True) -> ModelCard:
+    """Write the weights, their ONNX Runtime graphs (unless `onnx` is False) and a card that records
+    their checksums; returns that card. Graphs are exported on every save, so those served never
+    lag behind the weights."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / C.WEIGHTS_FILE
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights), metadata={"format": "pt"})
-    full = replace(card_of(model, card), weights_file=C.WEIGHTS_FILE, sha256=sha256(weights),
-                   size_bytes=weights.stat().st_size)
-    (directory / C.CARD_FILE).write_text(json.dumps(full.to_json(), indent=2, sort_keys=False) + "\n")
+    digest = sha256(weights)
+    for stale in (C.ONNX_PHOTO_FILE, C.ONNX_SEQUENCE_FILE):  # graphs of earlier weights must not stay behind
+        (directory / stale).unlink(missing_ok=True)
+    graphs = None
+    if onnx:
+        try:
+            graphs = _export(model, directory, digest)
+        except serving.NotExportable as exc:
+            warnings.warn(f"{exc}; the torch engine will serve them", stacklevel=2)
+    full = replace(card_of(model, card), weights_file=C.WEIGHTS_FILE, sha256=digest, size_bytes=weights.stat().st_size,
+                   onnx=graphs)
+    write_card(directory, full)
     return full
 
 
-def read_card(directory: str | Path | None = None) -> ModelCard:
+def export(directory: str | Path | None = None) -> ModelCard:
+    """Export the verified weights in `directory` (default: the shipped ones) for ONNX Runtime and
+    record the graphs in their card (`skin-model export`); the weights file is not rewritten."""
     directory = Path(directory) if directory is not None else default_weights_dir()
-    path = directory / C.CARD_FILE
-    if not path.is_file():
-        raise WeightsError(f"model card not found: {path}")
-    try:
-        return ModelCard.from_json(json.loads(path.read_text()))
-    except (CardError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"{path}: {exc}") from None
+    model, card = load(directory)
+    full = replace(card, onnx=_export(model, directory, str(card.sha256)))
+    write_card(directory, full)
+    return full
 
 
 def build(card: ModelCard) -> SkinLesionNet:
@@ -91,21 +95,8 @@ def load(directory: str | Path | None = None, strict: bool = True) -> tuple[Skin
     (only to refit them with `skin-model calibrate`)."""
     directory = Path(directory) if directory is not None else default_weights_dir()
     card = read_card(directory)
-    weights = directory / card.weights_file
-    if not weights.is_file():
-        raise WeightsError(f"weights file not found: {weights}")
-    actual = sha256(weights)
-    if actual != card.sha256:
-        raise WeightsError(
-            f"checksum mismatch for {weights.name}: the model card expects {card.sha256}, "
-            f"the file has {actual}; refusing to load altered weights"
-        )
-    if card.data_config.mean != C.MEAN or card.data_config.std != C.STD:
-        raise WeightsError("model card disagrees with this code on: mean/std (the backbones' ImageNet normalisation)")
-    try:
-        card.check(extra_backbones=tuple(backbones.REGISTRY))
-    except CardError as exc:
-        raise WeightsError(str(exc)) from None
+    weights = verified(directory / card.weights_file, card.sha256, "weights")
+    check_card(card, tuple(backbones.REGISTRY))
     model = build(card)
     missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
     # Weights from before the sequence pooling and the confidence map were fitted use their defaults
@@ -120,5 +111,5 @@ def load(directory: str | Path | None = None, strict: bool = True) -> tuple[Skin
     return model, card
 
 
-__all__ = ["DataConfig", "ModelCard", "WeightsError", "build", "card_of", "default_weights_dir", "load", "read_card",
-           "save", "sha256"]
+__all__ = ["DataConfig", "ModelCard", "WeightsError", "build", "card_of", "default_weights_dir", "export", "load",
+           "read_card", "save", "sha256"]

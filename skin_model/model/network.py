@@ -156,13 +156,14 @@ class SkinLesionNet(nn.Module):
     def sequence_logits(self, feats: torch.Tensor, photo_logits: torch.Tensor,
                         lengths: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, 1280) features and (B, T, 7) raw photo logits of time-ordered photos -> (B, 7)."""
-        b, t, _ = feats.shape
-        if lengths is None:
-            lengths = torch.full((b,), t, dtype=torch.long, device=feats.device)
-        steps = torch.arange(t, device=feats.device)[None, :] < lengths[:, None]
         x = self.project(torch.cat([self.dropout(feats[..., :FEATURE_DIM]), photo_logits.detach()], dim=-1))
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, (h, _) = self.lstm(packed)
+        if lengths is None:  # every photo counts: the LSTM reads them as they are (exportable to ONNX; packing is not)
+            steps = torch.ones_like(photo_logits[..., 0], dtype=torch.bool)
+            _, (h, _) = self.lstm(x)
+        else:
+            steps = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None].to(feats.device)
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            _, (h, _) = self.lstm(packed)
         return self.pooled_log_probs(photo_logits, steps) + self.sequence_mix * self.sequence_head(h[-1]).float()
 
     def calibrated(self, logits: torch.Tensor, kind: str) -> torch.Tensor:

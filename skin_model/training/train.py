@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from skin_model import engine
+from skin_model.data import preprocess
 from skin_model.data.ham10000 import (
     Ham10000,
     lesion_groups,
@@ -123,7 +123,7 @@ def run(cfg: TrainConfig, resume: str | Path | None = None) -> ModelCard:
     for _ in range(cfg.views):
         views.append(features_of(model, photos, device, augment=True, generator=gen))
     t_views = time.time() - start - t1
-    stage2 = train_sequence(model, cfg, np.stack(views), labels, engine.table_metadata(train_t),
+    stage2 = train_sequence(model, cfg, np.stack(views), labels, preprocess.table_metadata(train_t),
                             lesion_groups(train_t), device)
     training = {"config": asdict(cfg), "stage1": stage1, "stage2": stage2, "hardware": hardware(),
                 "device": describe(device), "torch": torch.__version__, "stage1_seconds": stage1["seconds"],

@@ -21,11 +21,15 @@ crop, zoom); thresholds are the highest of the framings' quantiles on validation
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter
+
+if TYPE_CHECKING:  # the serving engine gets the distances from its graph and never loads torch
+    import torch
 
 QUALITY_SIZE = 128
 REASONS = {
@@ -51,6 +55,8 @@ def quality(photo: Image.Image) -> dict[str, float]:
 
 def texture(activations: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) activations -> (N, 2C): each channel's mean and standard deviation over the image."""
+    import torch
+
     a = activations.detach().float()
     return torch.cat([a.mean((2, 3)), a.flatten(2).std(2)], 1)
 
@@ -94,6 +100,8 @@ def mahalanobis(feats: torch.Tensor, means: torch.Tensor, precision: torch.Tenso
     """Squared distance of each feature row to the nearest class mean, divided by the dimension.
 
     Only the first features (the main encoder's, as many as the means have) are used."""
+    import torch
+
     feats = feats[:, :means.shape[1]]
     diff = feats[:, None, :].float() - means[None].float()
     d = torch.einsum("ncd,de,nce->nc", diff, precision.float(), diff)
@@ -166,14 +174,15 @@ def verdict(q: dict[str, float], distance: float, t: dict[str, float],
     return OODVerdict(score=float(score), reason=next(k for k in QUALITY_ORDER if ratios[k] > 1.0))
 
 
-def check(photos: list[Image.Image], feats: torch.Tensor, reference: Reference, thresholds: dict[str, float],
-          textures: torch.Tensor | None = None) -> list[OODVerdict | None]:
-    """The verdict of each photo from its image quality, its features' distance and its texture
-    statistics' distance (None for every photo when no thresholds were fitted)."""
+def check(qualities: Sequence[dict[str, float]], feature_distance: Sequence[float] | np.ndarray,
+          thresholds: dict[str, float], texture_distance: Sequence[float] | np.ndarray | None = None,
+          ) -> list[OODVerdict | None]:
+    """The verdict of each photo from its image quality (`quality`), its features' distance and its
+    texture statistics' distance (`mahalanobis`, as the served graph computes them); None for every
+    photo when no thresholds were fitted."""
     if not thresholds:
-        return [None] * len(photos)
-    dist = mahalanobis(feats, reference.means, reference.precision).cpu().tolist()
-    texture_dist: list[float | None] = [None] * len(photos)
-    if textures is not None and thresholds.get("texture_distance"):  # cards from before the texture check: skip it
-        texture_dist = mahalanobis(textures, reference.texture_mean, reference.texture_precision).cpu().tolist()
-    return [verdict(quality(p), d, thresholds, td) for p, d, td in zip(photos, dist, texture_dist)]
+        return [None] * len(qualities)
+    textures: Sequence[float | None] = [None] * len(qualities)
+    if texture_distance is not None and thresholds.get("texture_distance"):  # cards from before the texture check
+        textures = [float(d) for d in texture_distance]
+    return [verdict(q, float(d), thresholds, td) for q, d, td in zip(qualities, feature_distance, textures)]

@@ -1,5 +1,5 @@
-"""One inference engine: the probability a user sees is computed in one place, and a prediction
-with its heatmaps costs one forward per photo."""
+"""One inference engine: the probability a user sees is defined in one place (the served graph),
+computed alike by both engines (ONNX Runtime and torch), and agrees with evaluation and training."""
 
 from __future__ import annotations
 
@@ -12,20 +12,22 @@ import torch
 from PIL import Image
 
 from skin_model import engine
-from skin_model.engine import encode_metadata
+from skin_model.data.preprocess import encode_metadata
 from skin_model.evaluation.evaluate import calibrated_probs, lesion_sequence_logits, photo_outputs
+from skin_model.model import checkpoint
 from skin_model.predict import Predictor, load_predictor
 from skin_model.training.stages import features_of, photo_logits_of
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def predictor(tiny_weights: Path) -> Predictor:
+@pytest.fixture(scope="module", params=["onnx", "torch"])
+def predictor(request: pytest.FixtureRequest, tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory
+              ) -> Predictor:
     """The tiny model with a calibration that changes every probability (temperature, prior
-    correction, a confidence map that is not the identity), so paths that skip a step differ."""
-    pred = load_predictor(tiny_weights, device="cpu")
-    model = pred.model
+    correction, a confidence map that is not the identity), so paths that skip a step differ;
+    saved (so its ONNX graphs hold that calibration) and served by each engine in turn."""
+    model, card = checkpoint.load(tiny_weights)
     with torch.no_grad():
         model.photo_temperature.fill_(1.7)
         model.photo_bias.copy_(torch.linspace(-0.5, 0.6, 7))
@@ -33,7 +35,9 @@ def predictor(tiny_weights: Path) -> Predictor:
         model.sequence_temperature.fill_(0.8)
         model.sequence_bias.copy_(torch.linspace(0.3, -0.3, 7))
         model.sequence_sharpness.fill_(5.0)
-    return pred
+    directory = tmp_path_factory.mktemp("calibrated")
+    checkpoint.save(model, directory, card)
+    return load_predictor(directory, engine=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +86,10 @@ def test_sequence_and_patient_context_agree_everywhere(predictor, photos) -> Non
 
 
 def test_shown_probabilities_are_assembled_only_in_the_engine() -> None:
-    """Outside the engine (and the network that defines them) nobody calls the calibration or the
-    confidence map itself: every shown probability goes through `engine.shown_probabilities`."""
-    allowed = {REPO / "skin_model" / "engine.py", REPO / "skin_model" / "model" / "network.py"}
+    """Outside the engine, the served graph and the network that defines them, nobody calls the
+    calibration or the confidence map itself."""
+    allowed = {REPO / "skin_model" / "engine.py", REPO / "skin_model" / "model" / "network.py",
+               REPO / "skin_model" / "model" / "serving.py"}
     callers = []
     for path in sorted((REPO / "skin_model").rglob("*.py")):
         if path in allowed:
@@ -104,7 +109,9 @@ def count_encoder_forwards(model: torch.nn.Module) -> tuple[list[int], list]:
     return sizes, hooks
 
 
-def test_one_forward_per_photo_for_prediction_and_heatmaps(predictor, photos) -> None:
+def test_heatmaps_cost_one_torch_forward_and_explain_the_class_shown(predictor, photos) -> None:
+    """The explainer runs one forward (and backward) for all photos; the prediction comes from the
+    engine (no torch forward at all on ONNX Runtime), and each heatmap explains its photo's shown class."""
     serving_sizes, serving_hooks = count_encoder_forwards(predictor.model)
     cam_sizes, cam_hooks = count_encoder_forwards(predictor.explainer._model)
     try:
@@ -112,7 +119,8 @@ def test_one_forward_per_photo_for_prediction_and_heatmaps(predictor, photos) ->
     finally:
         for hook in serving_hooks + cam_hooks:
             hook.remove()
-    assert serving_sizes == [] and cam_sizes == [3], (serving_sizes, cam_sizes)
+    served = [] if predictor.engine.name == "ONNX Runtime" else [3]
+    assert serving_sizes == served and cam_sizes == [3], (serving_sizes, cam_sizes)
     assert len(analysis.heatmaps) == 3 and analysis.prediction.sequence is not None
     shown = [max(p, key=p.get) for p in analysis.prediction.photos]
     assert [h.target for h in analysis.heatmaps] == shown, "each heatmap explains the class the user is shown"

@@ -37,8 +37,8 @@ def _values(probs: dict[str, float]) -> np.ndarray:
 
 
 def test_loads_on_cpu_in_eval_mode(predictor: Predictor) -> None:
-    assert predictor.device == torch.device("cpu")
-    assert not predictor.model.training
+    assert predictor.engine.name == "ONNX Runtime"  # the weights carry their export: served without torch
+    assert not predictor.model.training and next(predictor.model.parameters()).device == torch.device("cpu")
     assert isinstance(predictor.card, ModelCard) and predictor.card.name == "test"
     assert predictor.device_name.startswith("CPU")
     assert predictor.inconclusive_below == DEFAULT_INCONCLUSIVE_BELOW
@@ -138,7 +138,7 @@ def test_heatmap_explains_the_class_shown_with_patient_context(lesion_photo) -> 
     context head is set so that the context changes every photo's class: a heatmap from a forward without the
     context (as it once was) would explain another class than the verdict above it."""
     model = build_tiny_model()
-    predictor = Predictor(model, ModelCard(name="test"), torch.device("cpu"))
+    predictor = Predictor.from_model(model, ModelCard(name="test"))
     photos = [lesion_photo(), lesion_photo(centre=(0.3, 0.7), radii=(0.1, 0.1), seed=1)]
     plain = [Prediction.top(p)[0] for p in predictor.predict(photos).photos]
     pushed = next(c for c in CLASSES if c not in plain)
@@ -158,7 +158,10 @@ def test_heatmap_explains_the_class_shown_with_patient_context(lesion_photo) -> 
 
 def test_device_from_environment(tiny_weights: Path, monkeypatch) -> None:
     monkeypatch.setenv("SKIN_MODEL_DEVICE", "cpu")
-    assert load_predictor(tiny_weights).device == torch.device("cpu")
+    assert load_predictor(tiny_weights).device_name.startswith("CPU")
+    monkeypatch.setenv("SKIN_MODEL_ENGINE", "torch")
+    assert next(load_predictor(tiny_weights).model.parameters()).device == torch.device("cpu")
+    monkeypatch.delenv("SKIN_MODEL_ENGINE")
     # the variable wins over an available accelerator
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert devices.select_device() == torch.device("cpu")
@@ -175,8 +178,14 @@ def test_cuda_requested_but_unavailable(tiny_weights: Path, monkeypatch) -> None
         load_predictor(tiny_weights)
 
 
-def test_explicit_torch_device(tiny_weights: Path) -> None:
-    assert load_predictor(tiny_weights, device=torch.device("cpu")).device == torch.device("cpu")
+def test_explicit_torch_device_and_engine(tiny_weights: Path) -> None:
+    on_torch = load_predictor(tiny_weights, device=torch.device("cpu"), engine="torch")
+    assert on_torch.engine.name == "PyTorch" and on_torch.device_name.endswith("(PyTorch)")
+    assert load_predictor(tiny_weights, device=torch.device("cpu")).engine.name == "ONNX Runtime"
+    with pytest.raises(ValueError, match="unknown engine"):
+        load_predictor(tiny_weights, engine="tensorrt")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        load_predictor(tiny_weights, device="cuda", engine="onnx")
 
 
 def test_prediction_helpers() -> None:
@@ -194,7 +203,8 @@ def test_inconclusive_threshold_from_card(tiny_weights: Path, lesion_photo) -> N
     assert predictor.predict([lesion_photo()]).inconclusive_below == 0.3
 
 
-def test_sequence_method_describes_the_fitted_pooling(predictor: Predictor, three) -> None:
+def test_sequence_method_describes_the_fitted_pooling(tiny_weights: Path, three) -> None:
+    predictor = load_predictor(tiny_weights, engine="torch")  # the pooling is changed in memory below
     model = predictor.model
     saved = float(model.sequence_sharpness), float(model.sequence_mix)
     try:
@@ -213,9 +223,10 @@ def test_sequence_method_describes_the_fitted_pooling(predictor: Predictor, thre
         model.sequence_mix.fill_(saved[1])
 
 
-def test_the_sequence_caption_says_exactly_what_is_shown(predictor: Predictor, three) -> None:
+def test_the_sequence_caption_says_exactly_what_is_shown(tiny_weights: Path, three) -> None:
     """A caption that says "the mean" must show the mean: with a fitted sequence temperature
     the numbers differ from the mean, and the caption says so."""
+    predictor = load_predictor(tiny_weights, engine="torch")  # the pooling is changed in memory below
     model = predictor.model
     saved = float(model.sequence_temperature), float(model.sequence_sharpness), float(model.sequence_mix)
     try:
@@ -237,7 +248,7 @@ def test_the_sequence_caption_says_exactly_what_is_shown(predictor: Predictor, t
 
 
 def test_photo_probabilities_follow_the_fitted_confidence_map(tiny_weights: Path, three) -> None:
-    predictor = load_predictor(tiny_weights, device="cpu")
+    predictor = load_predictor(tiny_weights, device="cpu", engine="torch")  # the map is changed in memory below
     before = predictor.predict(three)
     with torch.no_grad():
         predictor.model.photo_confidence.fill_(0.3)  # "at any confidence, right 30% of the time"

@@ -21,7 +21,7 @@ from skin_model.data.ham10000 import (
     split_lesions,
     training_tables,
 )
-from skin_model.engine import encode_metadata, table_metadata
+from skin_model.data.preprocess import encode_metadata, table_metadata
 
 
 @pytest.mark.parametrize("layout", ["flat", "official"])

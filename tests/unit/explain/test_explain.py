@@ -12,7 +12,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from skin_model.constants import CLASSES, IMAGE_SIZE
-from skin_model.explain.cam import METHODS, Explainer, Heatmap, default_method
+from skin_model.explain.cam import METHODS, Explainer
+from skin_model.explain.heatmap import Heatmap
+from skin_model.explain.methods import default_method
 from skin_model.model.card import ModelCard
 from skin_model.predict import Predictor, load_predictor
 

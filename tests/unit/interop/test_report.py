@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from skin_model.cli import main
 from skin_model.constants import CLASS_NAMES, CLASSES, DISCLAIMER, MALIGNANT
-from skin_model.explain.cam import Heatmap
+from skin_model.explain.heatmap import Heatmap
 from skin_model.interop.pdf import pdf_report
 from skin_model.model import checkpoint
 from skin_model.model.card import ModelCard, TrustSettings

@@ -81,7 +81,8 @@ def test_ensemble_serves_predictions_sequences_and_heatmaps(combined, lesion_pho
     photos = [lesion_photo(), lesion_photo(centre=(0.3, 0.7), seed=1)]
     result = predictor.predict(photos, age=50, sex="female", site="back")
     assert result.sequence is not None and abs(sum(result.sequence.values()) - 1) < 1e-5
-    assert len(predictor.check(photos, engine.encode(predictor.model, photos))) == 2  # main features only
+    assert len(result.ood) == 2
+    assert predictor.engine.name == "PyTorch"  # a member's antialiased resize has no ONNX export: torch serves it
     explainer = predictor.explainer
     assert isinstance(explainer, Explainer)
     for method in METHODS:

@@ -9,7 +9,8 @@ from PIL import Image
 from skimage import data as skdata
 
 from skin_model.constants import CLASSES, IMAGE_SIZE, META_DIM
-from skin_model.engine import encode_metadata, preprocess
+from skin_model.data.preprocess import encode_metadata
+from skin_model.engine import preprocess
 from skin_model.model.backbones import FEATURE_DIM
 from skin_model.model.backbones import build_imagenet as build_backbone
 from skin_model.model.network import SkinLesionNet

@@ -124,7 +124,7 @@ def test_fit_returns_the_card_entries(fitted) -> None:
 def test_fitted_card_drives_the_predictor(fitted) -> None:
     model, ham, card, *_ = fitted
     settings = TrustSettings(inconclusive_below=card["inconclusive_below"], ood=card["ood"])
-    predictor = Predictor(model, ModelCard(trust=settings), CPU)
+    predictor = Predictor.from_model(model, ModelCard(trust=settings), CPU)
     table = ham.table.assign(split=split_lesions(ham.table))
     photos = [load_image(p) for p in table[table.split == "train"].path[:6]]
     result = predictor.predict([*photos, Image.new("RGB", (64, 48), (128, 128, 128))], sequence=False)

@@ -241,7 +241,7 @@ def test_verdict_messages() -> None:
 def guarded(tiny_weights: Path) -> Predictor:
     """The tiny predictor with an OOD fit: class statistics on 21 synthetic photos, thresholds on
     12 others in every framing (as trust.fit does with train and validation)."""
-    predictor = load_predictor(tiny_weights, device="cpu")
+    predictor = load_predictor(tiny_weights, device="cpu", engine="torch")  # statistics fitted in memory below
     model = predictor.model
     train = _photos(21, seed=11)
     with torch.no_grad():
@@ -299,8 +299,8 @@ def test_sequence_leaves_out_rejected_photos(guarded: Predictor) -> None:
     for c in clean.sequence:
         assert mixed.sequence[c] == pytest.approx(clean.sequence[c], abs=1e-5)
     # the rejected photos would have changed it
-    with_all = Predictor(guarded.model, replace(guarded.card, trust=replace(guarded.card.trust, ood=None)),
-                         guarded.device).predict([a, blank, b, black])
+    with_all = Predictor.from_model(guarded.model, replace(guarded.card, trust=replace(guarded.card.trust, ood=None))
+                                    ).predict([a, blank, b, black])
     assert max(abs(with_all.sequence[c] - clean.sequence[c]) for c in clean.sequence) > 1e-4
     # every photo rejected: no sequence at all
     none = guarded.predict([blank, black], sequence=True)
@@ -364,7 +364,7 @@ def test_texture_statistics_come_from_the_same_forward_and_leave_no_hook(tiny_we
 def test_the_predictor_refuses_a_photo_whose_texture_is_unlike_real_photos(tiny_weights: Path) -> None:
     """Final features that do not tell this image apart (feature threshold never reached) and the quality
     checks passed: the texture statistics of the middle block still refuse it, and accept lesion photos."""
-    predictor = load_predictor(tiny_weights, device="cpu")
+    predictor = load_predictor(tiny_weights, device="cpu", engine="torch")  # statistics fitted in memory below
     model = predictor.model
     train, val = _photos(40, seed=21), _photos(12, seed=22)
     with torch.no_grad():

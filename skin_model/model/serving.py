@@ -1,0 +1,98 @@
+"""What serving runs, as two modules with array-in, array-out signatures, and their export to ONNX.
+
+`PhotoGraph`: normalised photos and patient-context rows -> features, raw logits, the probabilities
+a user is shown, and the two out-of-distribution distances. `SequenceGraph`: one lesion's photos'
+features and raw logits, in time order -> the sequence's raw logits and shown probabilities.
+
+Both engines run these same modules: `engine.TorchEngine` in torch, `runtime.OnnxEngine` as
+exported here. So the probability on screen is defined once, whichever engine computes it, and a
+test holds the two to 1e-4 on real photos.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from skin_model import constants as C
+from skin_model.trust.ood import mahalanobis
+
+if TYPE_CHECKING:
+    from skin_model.model.network import SkinLesionNet
+
+PHOTO_INPUTS = ("pixels", "meta")
+PHOTO_OUTPUTS = ("features", "logits", "shown", "feature_distance", "texture_distance")
+SEQUENCE_INPUTS = ("features", "logits")
+SEQUENCE_OUTPUTS = ("sequence_logits", "sequence_shown")
+OPSET = 17
+
+
+class NotExportable(ValueError):
+    """The network uses an operator the ONNX exporter cannot write (an ensemble member's antialiased
+    resize, for one): such weights are served by the torch engine."""
+
+
+class PhotoGraph(nn.Module):
+    """Photos (N, 3, H, W) and context rows (N, META_DIM; zeros when unknown, which add exactly
+    nothing) -> features (N, F), raw logits (N, 7), shown probabilities (N, 7), feature and texture
+    distances (N,) to the real photos the out-of-distribution check was fitted on."""
+
+    def __init__(self, model: SkinLesionNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats, textures = self.model.features_and_texture(pixels)
+        raw = self.model.photo_logits(feats, meta)
+        shown = self.model.photo_probabilities(self.model.calibrated(raw, "photo"))
+        ref = self.model.ood_reference()
+        return (feats, raw, shown, mahalanobis(feats, ref.means, ref.precision),
+                mahalanobis(textures, ref.texture_mean, ref.texture_precision))
+
+
+class SequenceGraph(nn.Module):
+    """One lesion's (T, F) features and (T, 7) raw photo logits, time order = row order -> the
+    sequence's raw logits (7,) and the probabilities a user is shown for it (7,)."""
+
+    def __init__(self, model: SkinLesionNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = self.model.sequence_logits(features[None], logits[None])[0]
+        return raw, self.model.calibrated(raw, "sequence").softmax(-1)
+
+
+def _onnx_bytes(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: tuple[str, ...],
+                outputs: tuple[str, ...], dynamic: dict[str, dict[int, str]]) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter: it traces the forward hooks the texture statistics use, and its
+        # graphs ran bit-compatible with ONNX Runtime here; it warns that a newer exporter exists.
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, inputs, buffer, input_names=list(names), output_names=list(outputs),
+                              dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+        except torch.onnx.errors.UnsupportedOperatorError as exc:
+            raise NotExportable(f"these weights cannot be exported for ONNX Runtime: {exc}") from None
+    return buffer.getvalue()
+
+
+def graphs(model: SkinLesionNet) -> tuple[bytes, bytes]:
+    """The photo graph and the sequence graph of `model` as ONNX files' bytes (the model itself is
+    left as it was); `checkpoint.save` writes them next to the weights with their checksums."""
+    served = copy.deepcopy(model).float().cpu().eval()
+    height, width = served.data_config.input_size
+    pixels = torch.zeros(2, 3, height, width)
+    photo = _onnx_bytes(PhotoGraph(served), (pixels, torch.zeros(2, C.META_DIM)), PHOTO_INPUTS, PHOTO_OUTPUTS,
+                        {name: {0: "photos"} for name in (*PHOTO_INPUTS, *PHOTO_OUTPUTS)})
+    with torch.no_grad():
+        feats, raw = PhotoGraph(served)(torch.zeros(3, 3, height, width), torch.zeros(3, C.META_DIM))[:2]
+    sequence = _onnx_bytes(SequenceGraph(served), (feats, raw), SEQUENCE_INPUTS, SEQUENCE_OUTPUTS,
+                           {name: {0: "photos"} for name in SEQUENCE_INPUTS})
+    return photo, sequence
