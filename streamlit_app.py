@@ -8,8 +8,6 @@ need the model show the frame's message and stop (`views.require_predictor`), wh
 explorer still works.
 """
 
-import threading
-
 import streamlit as st
 
 from app_pages.views import PREDICTOR_KEY, PROBLEM_KEY
@@ -20,11 +18,8 @@ from skin_model.constants import DISCLAIMER
 @st.cache_resource(show_spinner="Loading the model…")
 def shared_predictor() -> Predictor:
     """One predictor per process (weights: SKIN_MODEL_WEIGHTS, else the shipped ones). Its probabilities
-    come from ONNX Runtime, ready in a fraction of a second; Grad-CAM needs torch (seconds to import), so
-    its explainer is made in a background thread while the first page shows, not on a user's first photo."""
-    predictor = load_predictor()
-    threading.Thread(target=lambda: predictor.explainer, name="load-grad-cam", daemon=True).start()
-    return predictor
+    and heatmaps come from ONNX Runtime, ready in a fraction of a second, without torch."""
+    return load_predictor()
 
 
 st.set_page_config(page_title="Skin lesion analysis (research demo)", page_icon="🔬", layout="wide")

@@ -99,9 +99,10 @@ def _export(args: argparse.Namespace) -> int:
     graphs = card.onnx
     assert graphs is not None
     directory = args.weights or checkpoint.default_weights_dir()
-    print(f"wrote {graphs.photo_file} (sha256 {graphs.photo_sha256[:12]}…) and {graphs.sequence_file} "
-          f"(sha256 {graphs.sequence_sha256[:12]}…) to {directory}, and recorded them in its model card; "
-          "ONNX Runtime serves them")
+    written = [(graphs.photo_file, graphs.photo_sha256), (graphs.sequence_file, graphs.sequence_sha256),
+               (graphs.heatmap_file, graphs.heatmap_sha256)]
+    print(f"wrote {', '.join(f'{name} (sha256 {str(digest)[:12]}…)' for name, digest in written if name)} to "
+          f"{directory}, and recorded them in its model card; ONNX Runtime serves them")
     return 0
 
 

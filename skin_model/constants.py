@@ -54,7 +54,9 @@ MIN_SIDE: int = 16
 
 METADATA_FILE: str = "HAM10000_metadata.csv"  # the dataset's own name for its table
 WEIGHTS_FILE: str = "skin_model.safetensors"
-# The same weights exported for ONNX Runtime (the serving engine): the photo forward and the sequence read.
+# The same weights exported for ONNX Runtime (the serving engine): the photo forward, the sequence read, and the
+# photo forward with what Grad-CAM reads.
 ONNX_PHOTO_FILE: str = "skin_model.onnx"
 ONNX_SEQUENCE_FILE: str = "skin_model_sequence.onnx"
+ONNX_HEATMAP_FILE: str = "skin_model_heatmap.onnx"
 CARD_FILE: str = "model_card.json"

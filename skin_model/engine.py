@@ -31,7 +31,7 @@ from skin_model.data.config import DataConfig
 from skin_model.data.preprocess import pixels
 from skin_model.model.network import SkinLesionNet
 from skin_model.model.scores import Scores
-from skin_model.model.serving import PhotoGraph, SequenceGraph
+from skin_model.model.serving import HeatmapGraph, PhotoGraph, SequenceGraph
 
 Kind = Literal["photo", "sequence"]
 DEFAULT_CONFIG = DataConfig()
@@ -137,12 +137,17 @@ class TorchEngine:
 
     def __init__(self, model: SkinLesionNet) -> None:
         self.model = model
-        self._photo, self._sequence = PhotoGraph(model), SequenceGraph(model)
+        self._photo, self._sequence, self._heatmap = PhotoGraph(model), SequenceGraph(model), HeatmapGraph(model)
+
+    @property
+    def serves_heatmaps(self) -> bool:
+        return self.model.closed_form_heatmaps
 
     @torch.no_grad()
-    def score(self, pixels: np.ndarray, meta: np.ndarray) -> Scores:
+    def score(self, pixels: np.ndarray, meta: np.ndarray, heatmaps: bool = False) -> Scores:
         device = device_of(self.model)
-        out = self._photo(torch.as_tensor(pixels, device=device), torch.as_tensor(meta, device=device))
+        graph = self._heatmap if heatmaps else self._photo
+        out = graph(torch.as_tensor(pixels, device=device), torch.as_tensor(meta, device=device))
         return Scores(*(t.float().cpu().numpy() for t in out))
 
     @torch.no_grad()

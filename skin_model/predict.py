@@ -6,8 +6,9 @@
     >>> analysis = predictor.analyse([photo], method="Grad-CAM")   # + heatmaps
 
 Every probability comes from the engine's served graph (model/serving.py): on ONNX Runtime
-(runtime.OnnxEngine, the default on a CPU: no torch import) or in torch (engine.TorchEngine).
-torch and the network load only when a heatmap, an evaluation or a GPU asks for them.
+(runtime.OnnxEngine, the default on a CPU: no torch import) or in torch (engine.TorchEngine). With
+the shipped weights, heatmaps come from the same forward (the heatmap graph) without torch; torch
+and the network load only for an evaluation, a GPU, or weights without a heatmap graph.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from PIL import Image
 from skin_model import runtime
 from skin_model.constants import CLASSES
 from skin_model.data.preprocess import encode_metadata, pixels
+from skin_model.explain.methods import METHOD_NAMES, heatmap
 from skin_model.io.images import ImageSource, load_image
 from skin_model.model.card import ModelCard
 from skin_model.model.files import check_card, default_weights_dir, read_card, verified
@@ -230,7 +232,7 @@ class Predictor:
             raise ValueError("no photos given")
         return [img if isinstance(img, Image.Image) and img.mode == "RGB" else load_image(img) for img in images]
 
-    def _score(self, photos: Sequence[Image.Image], meta: np.ndarray, batch_size: int = 64,
+    def _score(self, photos: Sequence[Image.Image], meta: np.ndarray, batch_size: int = 64, heatmaps: bool = False,
                ) -> tuple[Scores, list[dict[str, float]]]:
         """The engine's scores and each photo's quality, in batches. Preparing the photos in a thread
         pool beside ONNX Runtime's own threads was slower on two cores (70 against 150 photos a second):
@@ -238,7 +240,8 @@ class Predictor:
         parts, qualities = [], []
         for start in range(0, len(photos), batch_size):
             batch = photos[start:start + batch_size]
-            parts.append(self.engine.score(pixels(batch, self.card.data_config), meta[start:start + len(batch)]))
+            parts.append(self.engine.score(pixels(batch, self.card.data_config), meta[start:start + len(batch)],
+                                           heatmaps))
             qualities += [ood.quality(p) for p in batch]
         return (parts[0] if len(parts) == 1 else Scores.concat(parts)), qualities
 
@@ -269,13 +272,31 @@ class Predictor:
                 site: str | None = None, sequence: bool | None = None, method: str | None = None,
                 target: str | None = None) -> Analysis:
         """`predict` plus a heatmap per photo: for `target`, else for the class the user is shown for
-        that photo (the prediction's own top class, so the heatmap explains what is on screen)."""
+        that photo (the prediction's own top class, so the heatmap explains what is on screen).
+
+        With a heatmap graph (the shipped weights) the prediction and Grad-CAM's activations and
+        gradients come from one forward of the engine, and the maps from pytorch-grad-cam's formulas
+        (explain/methods.py): no torch. Otherwise pytorch-grad-cam runs on the torch network."""
+        method = method or self.default_cam_method
+        if method not in METHOD_NAMES:
+            raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(METHOD_NAMES)}")
+        if target is not None and target not in CLASSES:
+            raise ValueError(f"unknown class {target!r}")
         photos = self._decoded(images)
         meta = self._meta(len(photos), age, sex, site)
-        prediction = self._prediction(*self._score(photos, meta), sequence)
+        served = self.engine.serves_heatmaps
+        scores, qualities = self._score(photos, meta, heatmaps=served)
+        prediction = self._prediction(scores, qualities, sequence)
         targets = [target or Prediction.top(p)[0] for p in prediction.photos]
-        explained = self.explainer.explain(photos, meta, targets, method or self.default_cam_method)
-        return Analysis(prediction, explained.heatmaps)
+        if not served:
+            return Analysis(prediction, self.explainer.explain(photos, meta, targets, method).heatmaps)
+        from skin_model.explain.heatmap import Heatmap
+
+        height, width = self.card.data_config.input_size
+        assert scores.cam_activations is not None and scores.cam_gradients is not None
+        return Analysis(prediction, [
+            Heatmap(heatmap(method, scores.cam_activations[i], scores.cam_gradients[i, CLASSES.index(c)],
+                            (width, height)), c, method) for i, c in enumerate(targets)])
 
     def predict_each(self, images: Sequence[ImageSource], batch_size: int = 64, **context: Any) -> Prediction:
         """Score unrelated photos independently (no sequence), in batches: how folders are scored."""

@@ -62,15 +62,26 @@ class OnnxEngine:
         options.intra_op_num_threads = n_threads or threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._photo, self._sequence = (
-            ort.InferenceSession(str(verified(directory / file, digest, "ONNX graph")), options,
-                                 providers=["CPUExecutionProvider"])
-            for file, digest in ((graphs.photo_file, graphs.photo_sha256),
-                                 (graphs.sequence_file, graphs.sequence_sha256)))
+        def session(file: str, digest: str | None) -> ort.InferenceSession:
+            return ort.InferenceSession(str(verified(directory / file, digest, "ONNX graph")), options,
+                                        providers=["CPUExecutionProvider"])
 
-    def score(self, pixels: np.ndarray, meta: np.ndarray) -> Scores:
-        out = self._photo.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32),
-                                     "meta": np.ascontiguousarray(meta, dtype=np.float32)})
+        self._photo = session(graphs.photo_file, graphs.photo_sha256)
+        self._sequence = session(graphs.sequence_file, graphs.sequence_sha256)
+        self._heatmap = session(graphs.heatmap_file, graphs.heatmap_sha256) if graphs.heatmap_file else None
+
+    @property
+    def serves_heatmaps(self) -> bool:
+        """True when the weights carry a heatmap graph (Grad-CAM's inputs from the served forward)."""
+        return self._heatmap is not None
+
+    def score(self, pixels: np.ndarray, meta: np.ndarray, heatmaps: bool = False) -> Scores:
+        """One forward of the photo graph, or of the heatmap graph (the same outputs plus Grad-CAM's)."""
+        graph = self._heatmap if heatmaps else self._photo
+        if graph is None:
+            raise ValueError("these weights have no heatmap graph; the torch explainer draws their heatmaps")
+        out = graph.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32),
+                               "meta": np.ascontiguousarray(meta, dtype=np.float32)})
         return Scores(*out)
 
     def sequence(self, features: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -80,6 +80,20 @@ def _lite_suffix(encoder: nn.Module, x: torch.Tensor, n_blocks: int) -> torch.Te
     return encoder._fc(encoder._dropout(x))
 
 
+def _lite_pooled_gradient(encoder: nn.Module, activations: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
+    """The gradient of `upstream` . pooled features (K vectors, the same for every photo) with respect to
+    the last block's output, in closed form: the head is a 1x1 convolution, eval-mode BatchNorm, ReLU6 and
+    a mean over positions, so d/da = conv^T (upstream * bn scale * relu6'(z)) / positions. (N, C, h, w),
+    (K, F) -> (N, K, C, h, w). Written out so that it exports to ONNX, where autograd does not go."""
+    if not isinstance(encoder._swish, nn.ReLU6):
+        raise NotImplementedError(f"closed-form head gradient for {type(encoder._swish).__name__}")
+    norm, conv = encoder._bn1, encoder._conv_head
+    z = norm(conv(activations))
+    slope = ((z > 0) & (z < 6)).to(activations.dtype) * (norm.weight / torch.sqrt(norm.running_var + norm.eps))[
+        None, :, None, None] / (z.shape[-1] * z.shape[-2])
+    return torch.einsum("kf,nfhw,fc->nkchw", upstream, slope, conv.weight[:, :, 0, 0])
+
+
 @dataclass(frozen=True)
 class Backbone:
     """How to build an encoder ((N, 3, H, W) -> (N, FEATURE_DIM) pooled features) and find its parts."""
@@ -93,12 +107,15 @@ class Backbone:
     # suffix(encoder, prefix output, n) -> pooled features (None: training cannot cache a frozen prefix)
     prefix: Callable[[nn.Module, torch.Tensor, int], torch.Tensor] | None = None
     suffix: Callable[[nn.Module, torch.Tensor, int], torch.Tensor] | None = None
+    # the gradient of (K, F) vectors . pooled features with respect to the CAM layer's output, in closed form
+    # (None: heatmaps need autograd, so the torch explainer draws them)
+    pooled_gradient: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 REGISTRY: dict[str, Backbone] = {
     name: Backbone(partial(_lite_encoder, name), _lite_early_layers, lambda encoder: encoder._blocks[-1],
                    lambda encoder: encoder._blocks[len(encoder._blocks) // 2 - 1],  # Lite0: block 7 of 16, 80 channels
-                   _lite_prefix, _lite_suffix)
+                   _lite_prefix, _lite_suffix, _lite_pooled_gradient)
     for name in BACKBONES
 }
 
@@ -144,6 +161,11 @@ def split_forward(name: str) -> tuple[Callable[[nn.Module, torch.Tensor, int], t
     if backbone.prefix is None or backbone.suffix is None:
         raise ValueError(f"backbone {name!r} cannot split its forward, so training cannot cache a frozen prefix")
     return backbone.prefix, backbone.suffix
+
+
+def pooled_gradient(name: str) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The backbone's closed-form gradient of pooled features at its CAM layer (None when it has none)."""
+    return get(name).pooled_gradient
 
 
 def out_channels(layer: nn.Module) -> int:

@@ -69,8 +69,8 @@ class TrustSettings:
 
 @dataclass(frozen=True)
 class ExportedGraphs:
-    """The weights' forward exported for ONNX Runtime (`skin-model export`): the photo graph and the
-    sequence graph, each with its sha256, and the sha256 of the weights they were exported from, so
+    """The weights' forward exported for ONNX Runtime (`skin-model export`): the photo, sequence and
+    heatmap graphs, each with its sha256, and the sha256 of the weights they were exported from, so
     a graph never serves weights other than its own."""
 
     photo_file: str
@@ -79,10 +79,12 @@ class ExportedGraphs:
     sequence_sha256: str
     weights_sha256: str
     opset: int
+    heatmap_file: str | None = None  # the photo graph plus Grad-CAM's activations and gradients
+    heatmap_sha256: str | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ExportedGraphs:
-        return cls(**{f.name: raw[f.name] for f in fields(cls)})
+        return cls(**{f.name: raw.get(f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)

@@ -40,12 +40,17 @@ def card_of(model: SkinLesionNet, card: ModelCard) -> ModelCard:
 
 def _export(model: SkinLesionNet, directory: Path, weights_sha256: str) -> ExportedGraphs:
     """Write the served graphs of `model` (the weights whose sha256 is given) next to them."""
-    files = (C.ONNX_PHOTO_FILE, C.ONNX_SEQUENCE_FILE)
+    files = (C.ONNX_PHOTO_FILE, C.ONNX_SEQUENCE_FILE, C.ONNX_HEATMAP_FILE)
+    written = []
     for name, data in zip(files, serving.graphs(model)):
-        (directory / name).write_bytes(data)
-    return ExportedGraphs(photo_file=files[0], photo_sha256=sha256(directory / files[0]), sequence_file=files[1],
-                          sequence_sha256=sha256(directory / files[1]), weights_sha256=weights_sha256,
-                          opset=serving.OPSET)
+        if data is not None:
+            (directory / name).write_bytes(data)
+            written.append(name)
+    digest = {name: sha256(directory / name) for name in written}
+    heatmap = C.ONNX_HEATMAP_FILE if C.ONNX_HEATMAP_FILE in digest else None
+    return ExportedGraphs(photo_file=files[0], photo_sha256=digest[files[0]], sequence_file=files[1],
+                          sequence_sha256=digest[files[1]], weights_sha256=weights_sha256, opset=serving.OPSET,
+                          heatmap_file=heatmap, heatmap_sha256=digest.get(C.ONNX_HEATMAP_FILE))
 
 
 def save(model: SkinLesionNet, directory: str | Path, card: ModelCard, onnx: bool = True) -> ModelCard:
@@ -58,7 +63,7 @@ def save(model: SkinLesionNet, directory: str | Path, card: ModelCard, onnx: boo
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights), metadata={"format": "pt"})
     digest = sha256(weights)
-    for stale in (C.ONNX_PHOTO_FILE, C.ONNX_SEQUENCE_FILE):  # graphs of earlier weights must not stay behind
+    for stale in (C.ONNX_PHOTO_FILE, C.ONNX_SEQUENCE_FILE, C.ONNX_HEATMAP_FILE):  # graphs of earlier weights must not stay behind
         (directory / stale).unlink(missing_ok=True)
     graphs = None
     if onnx:

@@ -15,7 +15,15 @@ from torch import nn
 
 from skin_model.constants import BACKBONE, CLASSES, IMAGE_SIZE, META_DIM
 from skin_model.data.config import DataConfig
-from skin_model.model.backbones import FEATURE_DIM, build_encoder, cam_layer, ood_layer, out_channels, split_forward
+from skin_model.model.backbones import (
+    FEATURE_DIM,
+    build_encoder,
+    cam_layer,
+    ood_layer,
+    out_channels,
+    pooled_gradient,
+    split_forward,
+)
 from skin_model.trust.calibration import confidence_grid, remap_confidence
 from skin_model.trust.ood import Reference, texture
 
@@ -97,6 +105,21 @@ class SkinLesionNet(nn.Module):
     def ood_layer(self) -> nn.Module:
         """The middle block, whose texture statistics the out-of-distribution check reads."""
         return self._ood_layer[0]
+
+    @property
+    def closed_form_heatmaps(self) -> bool:
+        """True when `cam_gradients` can give Grad-CAM's gradients without autograd (one encoder whose
+        backbone knows its head's gradient), so that heatmaps can be served from an exported graph."""
+        return not self.members and pooled_gradient(self.backbone) is not None
+
+    def cam_gradients(self, activations: torch.Tensor) -> torch.Tensor:
+        """Gradients of every class's calibrated photo logit (what Grad-CAM explains) with respect to the CAM
+        layer's output `activations` (N, C, h, w) -> (N, 7, C, h, w). Patient context adds a constant to
+        the logits, so it changes no gradient."""
+        gradient = pooled_gradient(self.backbone)
+        if gradient is None or self.members:
+            raise ValueError("these weights have no closed-form heatmap gradient; use the torch explainer")
+        return gradient(self.encoder, activations, self.photo_head.weight / self.photo_temperature)
 
     def ood_reference(self) -> Reference:
         """The fitted statistics of real photos that the out-of-distribution check measures against."""

@@ -3,7 +3,7 @@ contract `runtime.OnnxEngine` (ONNX Runtime) and `engine.TorchEngine` (torch) bo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import numpy as np
@@ -20,11 +20,15 @@ class Scores:
     shown: np.ndarray
     feature_distance: np.ndarray
     texture_distance: np.ndarray
+    # what Grad-CAM reads, when asked for: the CAM layer's output (N, C, h, w) and the gradient of every
+    # class's calibrated logit with respect to it (N, 7, C, h, w)
+    cam_activations: np.ndarray | None = None
+    cam_gradients: np.ndarray | None = None
 
     @classmethod
     def concat(cls, parts: list[Scores]) -> Scores:
-        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in
-                     ("features", "logits", "shown", "feature_distance", "texture_distance")))
+        return cls(*(None if getattr(parts[0], f.name) is None else np.concatenate([getattr(p, f.name) for p in parts])
+                     for f in fields(cls)))
 
 
 class Engine(Protocol):
@@ -32,6 +36,9 @@ class Engine(Protocol):
 
     name: str
 
-    def score(self, pixels: np.ndarray, meta: np.ndarray) -> Scores: ...
+    def score(self, pixels: np.ndarray, meta: np.ndarray, heatmaps: bool = False) -> Scores: ...
+
+    @property
+    def serves_heatmaps(self) -> bool: ...
 
     def sequence(self, features: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...

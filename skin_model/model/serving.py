@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 PHOTO_INPUTS = ("pixels", "meta")
 PHOTO_OUTPUTS = ("features", "logits", "shown", "feature_distance", "texture_distance")
+HEATMAP_OUTPUTS = (*PHOTO_OUTPUTS, "cam_activations", "cam_gradients")
 SEQUENCE_INPUTS = ("features", "logits")
 SEQUENCE_OUTPUTS = ("sequence_logits", "sequence_shown")
 OPSET = 17
@@ -53,6 +54,22 @@ class PhotoGraph(nn.Module):
         ref = self.model.ood_reference()
         return (feats, raw, shown, mahalanobis(feats, ref.means, ref.precision),
                 mahalanobis(textures, ref.texture_mean, ref.texture_precision))
+
+
+class HeatmapGraph(PhotoGraph):
+    """`PhotoGraph` plus what Grad-CAM reads, from the same forward: the CAM layer's output (N, C, h, w)
+    and the gradient of every class's calibrated logit with respect to it (N, 7, C, h, w), in closed
+    form (`SkinLesionNet.cam_gradients`). A separate graph, because ONNX Runtime computes every output
+    of a graph on every run and folders need no heatmaps."""
+
+    def forward(self, pixels: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        grabbed: list[torch.Tensor] = []
+        handle = self.model.cam_layer.register_forward_hook(lambda module, args, out: grabbed.append(out))
+        try:
+            outputs = super().forward(pixels, meta)
+        finally:
+            handle.remove()
+        return (*outputs, grabbed[-1], self.model.cam_gradients(grabbed[-1]))
 
 
 class SequenceGraph(nn.Module):
@@ -83,16 +100,24 @@ def _onnx_bytes(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: tupl
     return buffer.getvalue()
 
 
-def graphs(model: SkinLesionNet) -> tuple[bytes, bytes]:
-    """The photo graph and the sequence graph of `model` as ONNX files' bytes (the model itself is
-    left as it was); `checkpoint.save` writes them next to the weights with their checksums."""
-    served = copy.deepcopy(model).float().cpu().eval()
-    height, width = served.data_config.input_size
-    pixels = torch.zeros(2, 3, height, width)
-    photo = _onnx_bytes(PhotoGraph(served), (pixels, torch.zeros(2, C.META_DIM)), PHOTO_INPUTS, PHOTO_OUTPUTS,
+def graphs(model: SkinLesionNet) -> tuple[bytes, bytes, bytes | None]:
+    """The photo, sequence and heatmap graphs of `model` as ONNX files' bytes (no heatmap graph when its
+    gradients have no closed form); `checkpoint.save` writes them next to the weights with their checksums.
+    Each graph is exported from its own copy of the model: exporting one graph changed the copy it traced
+    (the next graph's features then differed by 0.2), and the caller's model is never touched."""
+    def copy_of() -> SkinLesionNet:
+        return copy.deepcopy(model).float().cpu().eval()
+
+    height, width = model.data_config.input_size
+    pixels, meta = torch.zeros(2, 3, height, width), torch.zeros(2, C.META_DIM)
+    photo = _onnx_bytes(PhotoGraph(copy_of()), (pixels, meta), PHOTO_INPUTS, PHOTO_OUTPUTS,
                         {name: {0: "photos"} for name in (*PHOTO_INPUTS, *PHOTO_OUTPUTS)})
+    served = copy_of()
     with torch.no_grad():
         feats, raw = PhotoGraph(served)(torch.zeros(3, 3, height, width), torch.zeros(3, C.META_DIM))[:2]
     sequence = _onnx_bytes(SequenceGraph(served), (feats, raw), SEQUENCE_INPUTS, SEQUENCE_OUTPUTS,
                            {name: {0: "photos"} for name in SEQUENCE_INPUTS})
-    return photo, sequence
+    heatmap = _onnx_bytes(HeatmapGraph(copy_of()), (pixels, meta), PHOTO_INPUTS, HEATMAP_OUTPUTS,
+                          {name: {0: "photos"} for name in (*PHOTO_INPUTS, *HEATMAP_OUTPUTS)}
+                          ) if model.closed_form_heatmaps else None
+    return photo, sequence, heatmap

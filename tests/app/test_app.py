@@ -897,7 +897,8 @@ def test_a_photo_crosses_at_most_fourteen_project_files(app_env: Path, lesion_ph
     monkeypatch.setenv("SKIN_MODEL_WEIGHTS", str(tmp_path / "w"))
     at = _app()  # loads the model: not part of a photo's path
     predictor = at.session_state[views.PREDICTOR_KEY]
-    predictor.explainer, predictor.default_cam_method  # noqa: B018 (loaded in the background meanwhile: wait for them)
+    predictor.explainer, predictor.default_cam_method  # noqa: B018 (the stub backbone's heatmaps need the torch
+    # explainer, made on first use: made here, as loading the model is not part of a photo's path)
     at.number_input[0].set_value(61)  # with patient context, the longer path
     seen: set[str] = set()
     root = str(APP.parent)

@@ -131,3 +131,73 @@ def test_the_torch_engine_scores_on_the_models_device(tiny_weights: Path, lesion
     assert predictor.device_name.endswith("(PyTorch)")
     scores = predictor.engine.score(np.zeros((2, 3, 64, 64), np.float32), np.zeros((2, 18), np.float32))
     assert scores.shown.shape == (2, len(CLASSES)) and scores.feature_distance.shape == (2,)
+
+
+@pytest.fixture(scope="module")
+def lite_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained EfficientNet-Lite0 (no download) with a calibration, saved: its graphs include the
+    heatmap graph, which the stub backbone of the other tests has no closed form for."""
+    from helpers import build_tiny_model
+
+    from skin_model.constants import BACKBONE
+
+    model = build_tiny_model(backbone=BACKBONE)
+    with torch.no_grad():
+        model.photo_temperature.fill_(1.6)
+        model.photo_bias.copy_(torch.linspace(-0.4, 0.5, 7))
+    directory = tmp_path_factory.mktemp("lite")
+    card = checkpoint.save(model, directory, checkpoint.ModelCard(name="lite"))
+    assert card.onnx is not None and card.onnx.heatmap_file == "skin_model_heatmap.onnx"
+    return directory
+
+
+def test_served_heatmaps_are_pytorch_grad_cams_own(lite_weights: Path, lesion_photo) -> None:
+    """Every method the app offers, for the class shown and for a class asked for: the heatmap drawn from
+    the heatmap graph's activations and closed-form gradients equals pytorch-grad-cam's on the torch network
+    (hooks and autograd), and the prediction beside it equals the photo graph's."""
+    from skin_model.explain.methods import METHOD_NAMES
+
+    photos = [lesion_photo(centre=(0.3 + 0.12 * i, 0.5), radii=(0.12 + 0.04 * i, 0.15), seed=i) for i in range(3)]
+    served = load_predictor(lite_weights)
+    assert served.engine.serves_heatmaps
+    explainer = load_predictor(lite_weights, engine="torch").explainer
+    for method in METHOD_NAMES:
+        for target in (None, "mel"):
+            analysis = served.analyse(photos, method=method, target=target, sequence=False)
+            targets = [h.target for h in analysis.heatmaps]
+            shown = [Prediction.top(p)[0] for p in analysis.prediction.photos]
+            assert targets == ([target] * 3 if target else shown)
+            reference = explainer.explain(photos, None, targets, method).heatmaps
+            for mine, theirs in zip(analysis.heatmaps, reference):
+                assert mine.cam.shape == theirs.cam.shape == (160, 160) and mine.method == method
+                # random weights make larger activations than trained ones: float rounding alone reaches 1e-4
+                np.testing.assert_allclose(mine.cam, theirs.cam, atol=5e-4)
+            agree(analysis.prediction, served.predict(photos, sequence=False), atol=1e-6)
+    assert not np.allclose(served.analyse(photos[:1], target="mel").heatmaps[0].cam,
+                           served.analyse(photos[:1], target="nv").heatmaps[0].cam, atol=1e-3)
+
+
+def test_the_shipped_heatmaps_match_pytorch_grad_cam_on_real_photos(ham_dir: Path) -> None:
+    from skin_model.explain.methods import METHOD_NAMES
+    from skin_model.io.images import load_image
+
+    photos = [load_image(p) for p in sorted((ham_dir / "images").glob("*.jpg"))[::1000][:8]]
+    served = load_predictor()
+    explainer = load_predictor(engine="torch").explainer
+    for method in METHOD_NAMES:
+        analysis = served.analyse(photos, method=method, sequence=False)
+        reference = explainer.explain(photos, None, [h.target for h in analysis.heatmaps], method).heatmaps
+        assert max(float(np.abs(a.cam - b.cam).max()) for a, b in zip(analysis.heatmaps, reference)) <= 1e-4
+
+
+def test_heatmaps_load_no_torch(lite_weights: Path) -> None:
+    """The app's whole analysis, heatmaps included, on ONNX Runtime: torch never loads."""
+    code = ("import sys\nfrom PIL import Image\nfrom skin_model.predict import load_predictor\n"
+            f"p = load_predictor({str(lite_weights)!r})\n"
+            "a = p.analyse([Image.new('RGB', (200, 150), (200, 150, 120))], method='Grad-CAM++', target='bcc')\n"
+            "print(a.heatmaps[0].cam.shape, a.heatmaps[0].target)\n"
+            "print([m for m in ('torch', 'pytorch_grad_cam', 'torchvision') if m in sys.modules])")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["(160, 160) bcc", "[]"]
