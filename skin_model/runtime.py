@@ -13,8 +13,10 @@ ONNX existed here) and returns the same `Scores`.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -25,6 +27,9 @@ from skin_model.data.preprocess import pixels
 from skin_model.model.card import ModelCard
 from skin_model.model.files import WeightsError, verified
 from skin_model.model.scores import Engine, Scores
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 
 def score_photos(engine: Engine, photos: Sequence[Image.Image], config: DataConfig, meta: np.ndarray | None = None,
@@ -66,20 +71,31 @@ class OnnxEngine:
             return ort.InferenceSession(str(verified(directory / file, digest, "ONNX graph")), options,
                                         providers=["CPUExecutionProvider"])
 
+        self._session = session
         self._photo = session(graphs.photo_file, graphs.photo_sha256)
         self._sequence = session(graphs.sequence_file, graphs.sequence_sha256)
-        self._heatmap = session(graphs.heatmap_file, graphs.heatmap_sha256) if graphs.heatmap_file else None
+        self._heatmap_file = (graphs.heatmap_file, graphs.heatmap_sha256) if graphs.heatmap_file else None
+        self._heatmap: ort.InferenceSession | None = None
+        self._lock = threading.Lock()
+        if self._heatmap_file:  # checked now, loaded when a heatmap is first asked for (folders never ask)
+            verified(directory / self._heatmap_file[0], self._heatmap_file[1], "ONNX graph")
 
     @property
     def serves_heatmaps(self) -> bool:
         """True when the weights carry a heatmap graph (Grad-CAM's inputs from the served forward)."""
-        return self._heatmap is not None
+        return self._heatmap_file is not None
+
+    def _heatmap_graph(self) -> ort.InferenceSession:
+        if self._heatmap_file is None:
+            raise ValueError("these weights have no heatmap graph; the torch explainer draws their heatmaps")
+        with self._lock:
+            if self._heatmap is None:
+                self._heatmap = self._session(*self._heatmap_file)
+            return self._heatmap
 
     def score(self, pixels: np.ndarray, meta: np.ndarray, heatmaps: bool = False) -> Scores:
         """One forward of the photo graph, or of the heatmap graph (the same outputs plus Grad-CAM's)."""
-        graph = self._heatmap if heatmaps else self._photo
-        if graph is None:
-            raise ValueError("these weights have no heatmap graph; the torch explainer draws their heatmaps")
+        graph = self._heatmap_graph() if heatmaps else self._photo
         out = graph.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.float32),
                                "meta": np.ascontiguousarray(meta, dtype=np.float32)})
         return Scores(*out)
