@@ -214,9 +214,9 @@ def require_predictor() -> Predictor:
 
 
 def release_freed_memory() -> None:
-    """Hand the memory torch has freed back to the system. glibc keeps freed blocks in the
+    """Hand the memory an analysis freed back to the system. glibc keeps freed blocks in the
     malloc arena of the thread that freed them, and Streamlit runs every rerun in a new
-    thread: without this the app grows by about 100 MB over its first 20 analyses."""
+    thread: without this the app grew by about 100 MB over its first 20 analyses."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim

@@ -180,20 +180,25 @@ class Predictor:
 
         return default_method(self.card)
 
-    @functools.cached_property
+    POOLING = ("sequence_sharpness", "sequence_mix", "sequence_temperature", "sequence_bias")
+
+    @property
     def _pooling(self) -> dict[str, np.ndarray]:
-        """The sequence pooling's fitted buffers, from the network if loaded, else from the verified
-        weights file (read as numpy: describing the pooling must not load torch)."""
-        names = ("sequence_sharpness", "sequence_mix", "sequence_temperature", "sequence_bias")
+        """The sequence pooling's fitted buffers: the network's when it is in memory (what the torch engine
+        runs), else the verified weights file's (describing the pooling must not load torch)."""
         if self._model is not None or self.directory is None:
-            return {n: getattr(self.model, n).detach().cpu().numpy() for n in names}
+            return {n: getattr(self.model, n).detach().cpu().numpy() for n in self.POOLING}
+        return self._pooling_from_file
+
+    @functools.cached_property
+    def _pooling_from_file(self) -> dict[str, np.ndarray]:
         from safetensors import safe_open
 
         path = verified(self.directory / self.card.weights_file, self.card.sha256, "weights")
         with safe_open(str(path), framework="numpy") as weights:
             known = set(weights.keys())
             defaults = {"sequence_sharpness": np.zeros(()), "sequence_mix": np.ones(())}  # before they were fitted
-            return {n: weights.get_tensor(n) if n in known else defaults[n] for n in names}
+            return {n: weights.get_tensor(n) if n in known else defaults[n] for n in self.POOLING}
 
     @property
     def sequence_method(self) -> str:
@@ -234,9 +239,9 @@ class Predictor:
 
     def _score(self, photos: Sequence[Image.Image], meta: np.ndarray, batch_size: int = 64, heatmaps: bool = False,
                ) -> tuple[Scores, list[dict[str, float]]]:
-        """The engine's scores and each photo's quality, in batches. Preparing the photos in a thread
-        pool beside ONNX Runtime's own threads was slower on two cores (70 against 150 photos a second):
-        the engine uses every core, and the preparation (about 1.5 ms a photo) is small beside it."""
+        """The engine's scores and each photo's quality, in batches. Preparing the next batch in a thread
+        beside ONNX Runtime's own threads gained nothing on two cores (a pool of two lost half the speed):
+        the engine uses every core, and the preparation (about 2 ms a photo) is small beside it."""
         parts, qualities = [], []
         for start in range(0, len(photos), batch_size):
             batch = photos[start:start + batch_size]
