@@ -46,6 +46,7 @@ photos, errors = decode_uploads(files)
 views.show_errors(unread + errors)
 if not photos:
     st.info(f"Upload a photo to start. {FORMAT_NAMES} photos are accepted.")
+    views.example_picker("classify")
     st.stop()
 
 method, target, opacity = views.cam_controls("classify", predictor.default_cam_method)
@@ -75,4 +76,5 @@ for i, (photo, probs, heat) in enumerate(zip(photos, prediction.photos, analysis
                  caption=views.heatmap_caption(heat))
 
 st.divider()
+views.explain_classes()
 views.downloads(analysis, photos, predictor.card, "classify", opacity)

@@ -80,6 +80,7 @@ fig = px.line(per_visit, x="visit", y="probability", color="class", markers=True
               title="Probability of each class per visit", color_discrete_map=views.colours_by_name())
 fig.update_yaxes(range=[0, 1], tickformat=".0%").update_xaxes(**visits)
 views.chart(fig, key="evo_lines")
+views.explain_classes()
 views.downloads(analysis, photos, predictor.card, "evolution", opacity)
 
 st.subheader("Measured changes")

@@ -52,6 +52,8 @@ melanoma in situ on mucosa) is forced into one of the seven classes. Photos that
 lit, blurred or of other skin types are out of distribution and the probabilities may be wrong while looking
 confident. Heatmaps show what influenced the score, not where the pathology is.
 """)
+st.subheader("The seven diagnoses")
+st.markdown(views.class_guide())
 
 metrics = card.metrics
 single = metrics.get("single_photo") or {}

@@ -10,9 +10,12 @@ that only changes how the result is drawn never runs the model.
 
 from __future__ import annotations
 
+import csv
 import ctypes
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -20,7 +23,7 @@ from PIL import Image
 from plotly.subplots import make_subplots
 
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, Predictor
-from skin_model.constants import SEXES, SITES
+from skin_model.constants import CLASS_DESCRIPTIONS, HAM10000_PHOTOS, SEXES, SITES
 from skin_model.explain.heatmap import Heatmap
 from skin_model.explain.methods import METHOD_NAMES
 from skin_model.io.images import ACCEPTED_SUFFIXES, Photo
@@ -28,6 +31,7 @@ from skin_model.model.card import ModelCard
 from skin_model.predict import Analysis
 from skin_model.trust.decision import Decision
 
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 PREDICTOR_KEY, PROBLEM_KEY = "predictor", "model_problem"  # set by the frame (streamlit_app.py) on every rerun
 MALIGNANT_COLOUR, BENIGN_COLOUR = "#d62728", "#1f77b4"
 # One colour per class on every chart, whatever is filtered: the malignant classes in reds and oranges
@@ -92,6 +96,65 @@ def short_label(code: str) -> str:
     """Full class name, shortened where it would crowd a chart; ⚠ marks malignant classes."""
     name = {"akiec": "Actinic keratosis / IEC"}.get(code, CLASS_NAMES[code])
     return f"{name} ⚠" if code in MALIGNANT else name
+
+
+def class_guide() -> str:
+    """Each diagnosis in plain words: what it is, malignant or benign, and how common it is in HAM10000 (the
+    data the model learned from, so also how often it has seen each)."""
+    total = sum(HAM10000_PHOTOS.values())
+    return "\n".join(
+        f"- **{CLASS_NAMES[c]}** ({c}; {'malignant' if c in MALIGNANT else 'benign'}; {HAM10000_PHOTOS[c]:,} of "
+        f"HAM10000's {total:,} photos, {HAM10000_PHOTOS[c] / total:.1%}): {CLASS_DESCRIPTIONS[c]}" for c in CLASSES)
+
+
+def explain_classes() -> None:
+    """The class guide, one click away from the probabilities it explains."""
+    with st.expander("What do these diagnoses mean?"):
+        st.markdown(class_guide())
+        st.caption("IEC: intraepithelial carcinoma (Bowen's disease). ⚠ and red mark the malignant classes.")
+
+
+def heatmap_scale() -> str:
+    """The heatmaps' colour scale as a CSS gradient through OpenCV's JET colours (the overlay's own), from
+    little to most influence on the class explained."""
+    import cv2
+
+    levels = np.linspace(0, 255, 9).round().astype(np.uint8)[None]
+    colours = cv2.cvtColor(cv2.applyColorMap(levels, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)[0]
+    stops = ", ".join(f"rgb({r}, {g}, {b})" for r, g, b in colours)
+    return (f'<div style="height: 0.8rem; border-radius: 0.2rem; background: linear-gradient(to right, {stops})">'
+            '</div>')
+
+
+def examples() -> list[dict[str, str]]:
+    """The example photos shipped in examples/ (one per diagnosis, see its README), as examples.csv lists them."""
+    index = EXAMPLES_DIR / "examples.csv"
+    if not index.is_file():
+        return []
+    with open(index, newline="", encoding="utf-8") as fh:
+        return [row for row in csv.DictReader(fh) if (EXAMPLES_DIR / row["file"]).is_file()]
+
+
+def _choose_example(key: str, row: dict[str, str]) -> None:
+    """Send an example to page `key` as the explorer sends a dataset photo: its diagnosis, how it was
+    confirmed, and the patient's age, sex and site come along (a callback: it runs before the widgets)."""
+    st.session_state["analyse_paths"] = [str(EXAMPLES_DIR / row["file"])]
+    st.session_state["analyse_known"] = {"image_id": row["image_id"], "dx": row["dx"], "dx_type": row["dx_type"]}
+    prefill_patient_context(key, float(row["age"]) if row["age"] else None, row["sex"], row["localization"])
+
+
+def example_picker(key: str) -> None:
+    """A row of example photos, one per diagnosis, each analysed with one click: something to try without a
+    dermatoscopic photo of one's own (also where no dataset is mounted)."""
+    rows = examples()
+    if not rows:
+        return
+    st.markdown("**No dermatoscopic photo at hand?** Try one of these, one per diagnosis, from the HAM10000 test "
+                "photos (Tschandl et al. 2018, CC BY-NC 4.0):")
+    for column, row in zip(st.columns(len(rows)), rows):
+        column.image(str(EXAMPLES_DIR / row["file"]), width="stretch")
+        column.button(short_label(row["dx"]), key=f"{key}_example_{row['image_id']}", width="stretch",
+                      on_click=_choose_example, args=(key, row), help=f"Analyse HAM10000 photo {row['image_id']}")
 
 
 def probability_chart(probs: dict[str, float], title: str | None = None) -> go.Figure:
@@ -166,6 +229,8 @@ def cam_controls(key: str, default_method: str) -> tuple[str, str | None, float]
     target = c2.selectbox("Explain class", options, key=f"{key}_target",
                           format_func=lambda c: c if c == "predicted class" else label(c))
     opacity = c3.slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_opacity")
+    c3.markdown(heatmap_scale(), unsafe_allow_html=True)
+    c3.caption("Heatmap colours: blue, little influence on the class explained; red, the most")
     return method, None if target == "predicted class" else target, opacity
 
 

@@ -20,6 +20,24 @@ CLASS_NAMES: dict[str, str] = {
     "vasc": "Vascular lesion",
 }
 MALIGNANT: frozenset[str] = frozenset({"akiec", "bcc", "mel"})
+# In plain words, for people who do not read dermatology: what each diagnosis is, and whether it is malignant.
+CLASS_DESCRIPTIONS: dict[str, str] = {
+    "akiec": "Rough, scaly patches from sun damage (actinic keratoses) and the earliest, surface-only form of "
+             "squamous cell carcinoma (Bowen's disease). Pre-cancerous to malignant: treated when found.",
+    "bcc": "The most common skin cancer. It grows slowly and rarely spreads, but it destroys the tissue around it "
+           "if left alone. Malignant.",
+    "bkl": "Harmless growths of the skin's surface: seborrhoeic keratoses, solar lentigines (sun spots) and "
+           "lichen-planus-like keratoses. Benign, though some look like melanoma.",
+    "df": "A small, firm bump in the skin, often on the legs, perhaps after a minor injury or insect bite. Benign.",
+    "mel": "A cancer of the skin's pigment cells. It can spread to other organs, so it is the diagnosis that "
+           "matters most to catch early. Malignant.",
+    "nv": "An ordinary mole: a cluster of pigment cells. Benign; by far the most common lesion in HAM10000.",
+    "vasc": "Lesions of the blood vessels: cherry angiomas, angiokeratomas, pyogenic granulomas and bleeding "
+            "spots. Benign.",
+}
+# Photos per diagnosis in HAM10000 (its metadata table, 10,015 photos): how common each class is in the data.
+HAM10000_PHOTOS: dict[str, int] = {"akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705,
+                                   "vasc": 142}
 
 # Shown by the app and printed on every report and export.
 DISCLAIMER: str = (

@@ -918,3 +918,47 @@ def test_a_photo_crosses_at_most_twelve_project_files(app_env: Path, lesion_phot
     assert not {"skin_model/explain/cam.py", "skin_model/engine.py"} & seen, "heatmaps need no torch"
     assert at.number_input[0].value == 61
     assert len(seen) <= 12, "\n".join(sorted(seen))
+
+
+# ----------------------------------------------------------------------------- examples and guidance (#16)
+
+
+def test_example_photos_analyse_with_one_click_without_a_dataset(app_env: Path, reference) -> None:
+    """No HAM10000 folder is set (as on Streamlit Cloud): the Classify page offers one shipped photo per
+    diagnosis; a click analyses it with what the dataset knows (diagnosis, confirmation, patient context)."""
+    rows = views.examples()
+    assert sorted(r["dx"] for r in rows) == sorted(CLASSES) and len(rows) <= 14
+    assert all((views.EXAMPLES_DIR / r["file"]).stat().st_size < 20_000 for r in rows)
+    licence = (views.EXAMPLES_DIR / "README.md").read_text()
+    assert "CC BY-NC 4.0" in licence and "Tschandl" in licence and "10.7910/DVN/DBW86T" in licence
+    at = _app()
+    buttons = [b for b in at.button if (b.key or "").startswith("classify_example_")]
+    assert [b.label for b in buttons] == [views.short_label(r["dx"]) for r in rows]
+    row = next(r for r in rows if r["dx"] == "mel")
+    next(b for b in buttons if b.key == f"classify_example_{row['image_id']}").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [s.value for s in at.subheader] == [row["file"]]
+    known = " ".join(i.value for i in at.main.info)
+    assert f"HAM10000 photo {row['image_id']}" in known and "the dataset's diagnosis is **Melanoma**" in known
+    assert "confirmed by histopathology" in known
+    assert at.number_input[0].value == int(row["age"])
+    assert [s.value for s in at.selectbox if s.label in ("Sex", "Body site")] == [row["sex"], row["localization"]]
+    expected = reference.predict([load_image(views.EXAMPLES_DIR / row["file"])], age=float(row["age"]),
+                                 sex=row["sex"], site=row["localization"]).photos[0]
+    assert_probs(bar_probs(charts(at)["chart_0"]), expected)
+    assert not [b for b in at.button if (b.key or "").startswith("classify_example_")], "the row makes way"
+
+
+def test_the_diagnoses_are_explained_beside_the_probabilities_and_on_the_model_card(app_env: Path,
+                                                                                    lesion_photos) -> None:
+    at = upload(_app(), lesion_photos[:1])
+    guide = next(e for e in at.expander if e.label == "What do these diagnoses mean?")
+    text = " ".join(m.value for m in guide.markdown)
+    for code in CLASSES:
+        assert f"**{CLASS_NAMES[code]}** ({code}; {'malignant' if code in MALIGNANT else 'benign'};" in text
+    assert "6,705 of HAM10000's 10,015 photos, 66.9%" in text  # nevi: how common each class is
+    scale = next(m.value for m in at.markdown if "linear-gradient" in m.value)
+    assert scale.count("rgb(") == 9 and "rgb(0, 0, 128)" in scale and "rgb(128, 0, 0)" in scale  # JET's ends
+    card = _app("model_card")
+    assert any(s.value == "The seven diagnoses" for s in card.subheader)
+    assert any("**Melanoma** (mel; malignant;" in m.value for m in card.markdown)
