@@ -37,11 +37,14 @@ st.error(f"**{DISCLAIMER}**", icon="⚠️")
 predictor = views.require_predictor()
 card = predictor.card
 
+lstm_note = "" if predictor.sequence_uses_lstm else (
+    " The network has the LSTM named above, but validation gave its correction a weight of 0: it changes none of "
+    "the probabilities shown.")
 st.markdown(f"""
 **What it is.** {card.architecture or 'CNN-LSTM'}. It gives probabilities for the seven HAM10000
 diagnoses: {", ".join(f"{CLASS_NAMES[c]} ({c})" for c in CLASSES)}. Malignant classes:
 {", ".join(sorted(MALIGNANT))}. For several photos of one lesion, the sequence prediction is
-{predictor.sequence_method} (chosen on validation lesions with two or more photos).
+{predictor.sequence_method} (chosen on validation lesions with two or more photos).{lstm_note}
 
 **Intended use.** Teaching, research and demonstration of dermatoscopic image classification and of
 explanation methods (Grad-CAM). Not for diagnosis, triage or screening of patients.

@@ -201,16 +201,22 @@ class Predictor:
             return {n: weights.get_tensor(n) if n in known else defaults[n] for n in self.POOLING}
 
     @property
+    def sequence_uses_lstm(self) -> bool:
+        """False when validation gave the LSTM's correction a weight of 0: the network has an LSTM that
+        changes nothing shown (so a description of the architecture must say so)."""
+        return float(self._pooling["sequence_mix"]) > 0
+
+    @property
     def sequence_method(self) -> str:
         """Exactly how the sequence's probabilities are computed from the photos', in words for the
         app and the reports (so a caption never says "the mean" of numbers that are not the mean)."""
         pooling = self._pooling
-        sharp, mix = float(pooling["sequence_sharpness"]), float(pooling["sequence_mix"])
+        sharp = float(pooling["sequence_sharpness"])
         temperature = float(pooling["sequence_temperature"])
         bias = float(np.abs(pooling["sequence_bias"]).max())
         pooled = ("a weighted mean of the photos' probabilities, clearer (more confident) photos weighing more"
                   if sharp > 0 else "the mean of the photos' probabilities")
-        if mix > 0:
+        if self.sequence_uses_lstm:
             pooled += ", corrected by an LSTM that reads them in time order"
         if abs(temperature - 1) > 1e-6 or bias > 1e-6:
             pooled += (f", then recalibrated on validation lesions (temperature {temperature:.2f}"

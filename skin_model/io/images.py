@@ -72,7 +72,9 @@ ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image
 
 # Pillow format ids that may decode user files (JPEG covers MPO); nothing else is ever tried.
 FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF") + (("HEIF",) if HEIF_SUPPORTED else ())
-FORMAT_NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF" + (", HEIC" if HEIF_SUPPORTED else "") + " or DICOM"
+# How people call those formats: the prompt, the uploader's suffixes and the decoders all come from FORMATS.
+_DISPLAY: dict[str, str] = {"WEBP": "WebP", "HEIF": "HEIC"}
+FORMAT_NAMES = ", ".join(_DISPLAY.get(f, f) for f in FORMATS) + " or DICOM"
 MAX_ASPECT: float = 10.0  # longer side / shorter side
 MAX_FILE_BYTES: int = 512 * 1024 * 1024
 _MAX_DETAIL = 160  # characters of a decoder's own message kept in ours

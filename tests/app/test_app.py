@@ -34,6 +34,7 @@ from skin_model.engine import preprocess
 from skin_model.explain.cam import METHODS
 from skin_model.interop import fhir
 from skin_model.interop import pdf as report
+from skin_model.io.images import ACCEPTED_SUFFIXES, FORMAT_NAMES
 from skin_model.metrics import bootstrap_intervals, classification_report
 from skin_model.model import checkpoint
 from skin_model.model.card import ModelCard, TrustSettings
@@ -932,6 +933,9 @@ def test_example_photos_analyse_with_one_click_without_a_dataset(app_env: Path, 
     licence = (views.EXAMPLES_DIR / "README.md").read_text()
     assert "CC BY-NC 4.0" in licence and "Tschandl" in licence and "10.7910/DVN/DBW86T" in licence
     at = _app()
+    # one list of formats: the prompt names what the uploader accepts
+    assert [f".{t}" if not t.startswith(".") else t for t in at.file_uploader[0].proto.type] == list(ACCEPTED_SUFFIXES)
+    assert any(f"{FORMAT_NAMES} photos are accepted" in i.value for i in at.main.info)
     buttons = [b for b in at.button if (b.key or "").startswith("classify_example_")]
     assert [b.label for b in buttons] == [views.short_label(r["dx"]) for r in rows]
     row = next(r for r in rows if r["dx"] == "mel")
@@ -962,3 +966,21 @@ def test_the_diagnoses_are_explained_beside_the_probabilities_and_on_the_model_c
     card = _app("model_card")
     assert any(s.value == "The seven diagnoses" for s in card.subheader)
     assert any("**Melanoma** (mel; malignant;" in m.value for m in card.markdown)
+
+
+def test_the_model_card_page_never_describes_a_pooling_the_weights_do_not_use(monkeypatch: pytest.MonkeyPatch,
+                                                                             stub_weights: Path,
+                                                                             tmp_path: Path) -> None:
+    """The architecture names an LSTM; when validation gave its correction a weight of 0 the page says it
+    changes nothing shown, and the pooling sentence does not mention it (#16 item 5)."""
+    model, card = checkpoint.load(stub_weights)
+    with torch.no_grad():
+        model.sequence_mix.fill_(0.0)
+    checkpoint.save(model, tmp_path / "w", card)
+    for weights, uses in ((stub_weights, True), (tmp_path / "w", False)):
+        monkeypatch.setenv("SKIN_MODEL_WEIGHTS", str(weights))
+        _clear_caches()
+        text = " ".join(m.value for m in _app("model_card").markdown)
+        assert ("corrected by an LSTM" in text) == uses
+        assert ("validation gave its correction a weight of 0" in text) == (not uses)
+    _clear_caches()

@@ -211,10 +211,12 @@ def test_sequence_method_describes_the_fitted_pooling(tiny_weights: Path, three)
         model.sequence_sharpness.fill_(0.0)
         model.sequence_mix.fill_(0.0)
         assert predictor.sequence_method == "the mean of the photos' probabilities"
+        assert not predictor.sequence_uses_lstm
         model.sequence_sharpness.fill_(10.0)
         assert "clearer (more confident) photos weighing more" in predictor.sequence_method
         assert "LSTM" not in predictor.sequence_method
         model.sequence_mix.fill_(0.5)
+        assert predictor.sequence_uses_lstm
         assert predictor.sequence_method.endswith("corrected by an LSTM that reads them in time order")
         assert predictor.predict(three).sequence_method == predictor.sequence_method  # reports quote it
         assert predictor.predict(three[:1]).sequence_method is None

@@ -162,3 +162,12 @@ def test_a_dicom_upload_is_decoded() -> None:
     photos, errors = decode_uploads([("scan.dcm", buf.getvalue())])
     assert errors == [] and photos[0].image.size == (64, 48)
     assert photos[0].date == datetime.date(2020, 1, 2)
+
+
+def test_the_prompt_names_exactly_the_decoders_and_dicom() -> None:
+    """One list of formats (FORMATS): the prompt's names, the uploader's suffixes and the decoders agree."""
+    from skin_model.io.images import FORMAT_NAMES
+
+    names = FORMAT_NAMES.replace(" or ", ", ").split(", ")
+    assert names[-1] == "DICOM" and len(names) == len(FORMATS) + 1
+    assert [n.upper() for n in names[:-1]] == [{"HEIF": "HEIC"}.get(f, f) for f in FORMATS]
