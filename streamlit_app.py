@@ -17,9 +17,12 @@ from skin_model.constants import DISCLAIMER
 
 @st.cache_resource(show_spinner="Loading the model…")
 def shared_predictor() -> Predictor:
-    """One predictor per process (weights: SKIN_MODEL_WEIGHTS, else the shipped ones). Its probabilities
-    and heatmaps come from ONNX Runtime, ready in a fraction of a second, without torch."""
-    return load_predictor()
+    """One predictor per process (weights: SKIN_MODEL_WEIGHTS, else the shipped ones), with what heatmaps
+    need loaded now: every analysis draws them. Its probabilities and heatmaps come from ONNX Runtime,
+    ready in a fraction of a second, without torch."""
+    predictor = load_predictor()
+    predictor.prepare_heatmaps()
+    return predictor
 
 
 st.set_page_config(page_title="Skin lesion analysis (research demo)", page_icon="🔬", layout="wide")

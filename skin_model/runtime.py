@@ -85,6 +85,11 @@ class OnnxEngine:
         """True when the weights carry a heatmap graph (Grad-CAM's inputs from the served forward)."""
         return self._heatmap_file is not None
 
+    def load_heatmaps(self) -> None:
+        """Load the heatmap graph now rather than on the first heatmap (the app, which draws one for every photo)."""
+        if self._heatmap_file is not None:
+            self._heatmap_graph()
+
     def _heatmap_graph(self) -> ort.InferenceSession:
         if self._heatmap_file is None:
             raise ValueError("these weights have no heatmap graph; the torch explainer draws their heatmaps")

@@ -254,7 +254,8 @@ def test_classify_without_upload_prompts_and_shows_device(app_env: Path) -> None
     at = _app()
     assert at.title[0].value.endswith("Classify a skin lesion")
     assert any("Upload a photo to start" in i.value for i in at.main.info)
-    assert charts(at) == {} and len(at.image) == 0 and verdicts(at) == []
+    assert charts(at) == {} and verdicts(at) == []
+    assert len(at.image) == len(views.examples()) == 7  # only the example photos, nothing analysed
     assert any("Model runs on" in c.value and "CPU" in c.value for c in at.sidebar.caption)
     assert any(DISCLAIMER in w.value for w in at.sidebar.warning)
 
@@ -897,7 +898,6 @@ def test_a_photo_crosses_at_most_twelve_project_files(app_env: Path, lesion_phot
     checkpoint.save(model, tmp_path / "w", dataclasses.replace(card, trust=TrustSettings(triage=rule)))
     monkeypatch.setenv("SKIN_MODEL_WEIGHTS", str(tmp_path / "w"))
     at = _app()  # loads the model: not part of a photo's path
-    at.session_state[views.PREDICTOR_KEY].default_cam_method  # noqa: B018 (read from the card once per model)
     at.number_input[0].set_value(61)  # with patient context, the longer path
     seen: set[str] = set()
     root = str(APP.parent)

@@ -201,3 +201,16 @@ def test_heatmaps_load_no_torch(lite_weights: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["(160, 160) bcc", "[]"]
+
+
+def test_heatmaps_can_be_loaded_before_the_first_photo(lite_weights: Path, tiny_weights: Path) -> None:
+    """The app loads what heatmaps need at start: the heatmap graph, or the torch explainer for weights
+    without a closed-form gradient (the stub backbone); folders (the CLI) never load either."""
+    served = load_predictor(lite_weights)
+    assert served.engine._heatmap is None  # not loaded by a plain load
+    served.prepare_heatmaps()
+    assert served.engine._heatmap is not None and served._explainer is None
+    stub = load_predictor(tiny_weights)
+    assert not stub.engine.serves_heatmaps
+    stub.prepare_heatmaps()
+    assert stub._explainer is not None
