@@ -176,10 +176,10 @@ class Predictor:
     def prepare_heatmaps(self) -> None:
         """Load now what heatmaps need (the heatmap graph, or the torch explainer for weights without one), so
         that the first photo analysed does not pay for it."""
-        if isinstance(self.engine, runtime.OnnxEngine):
-            self.engine.load_heatmaps()
-        elif not self.engine.serves_heatmaps:
+        if not self.engine.serves_heatmaps:
             self.explainer  # noqa: B018 (made on first use)
+        elif isinstance(self.engine, runtime.OnnxEngine):
+            self.engine.load_heatmaps()
         self.default_cam_method  # noqa: B018 (read from the card once)
 
     @functools.cached_property
