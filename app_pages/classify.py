@@ -42,7 +42,8 @@ if st.session_state.get("analyse_paths") and st.button("Clear the dataset photo"
     st.rerun()
 context = views.patient_context("classify")  # after the dataset photo's handling, which may reset it
 
-photos, errors = decode_uploads(files)
+with st.spinner("Decoding the photos…"):
+    photos, errors = decode_uploads(files)
 views.show_errors(unread + errors)
 if not photos:
     st.info(f"Upload a photo to start. {FORMAT_NAMES} photos are accepted.")
@@ -57,23 +58,28 @@ if prediction.sequence is not None:
     st.subheader(f"Sequence prediction over {len(prediction.sequence_photos)} photos of the lesion")
     st.caption(f"Combines {predictor.sequence_method}.")
     left, right = st.columns([1, 2])
-    with left:
-        views.verdict(prediction.sequence_decision())
+    slot = left.empty()  # the verdict goes above its chart, sent after it: it never shows before what it reads
     with right:
         views.chart(views.probability_chart(prediction.sequence), key="sequence_chart")
+    with slot.container():
+        views.verdict(prediction.sequence_decision())
 
 for i, (photo, probs, heat) in enumerate(zip(photos, prediction.photos, analysis.heatmaps)):
     st.divider()
     st.subheader(views.safe(photo.name))
     c1, c2, c3 = st.columns([1, 1, 2])
+    decision = prediction.decision(i)
+    answered = prediction.rejected(i) is None
     c1.image(photo.image, caption="photo", width="stretch")
-    with c3:
-        answered = views.verdict(prediction.decision(i))
-        if answered:
-            views.chart(views.probability_chart(probs), key=f"chart_{i}")
     if answered:
         c2.image(heat.overlay(photo.image, opacity), width="stretch",
                  caption=views.heatmap_caption(heat))
+    with c3:
+        slot = st.empty()  # the verdict goes above the chart, sent after the photo, heatmap and chart
+        if answered:
+            views.chart(views.probability_chart(probs), key=f"chart_{i}")
+    with slot.container():
+        views.verdict(decision)
 
 st.divider()
 views.explain_classes()

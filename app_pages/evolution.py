@@ -22,7 +22,8 @@ st.caption("Upload photos of the same lesion taken at different visits. Dates co
 
 files = views.photo_uploader("Photos of one lesion", key="evolution_files")
 context = views.patient_context("evolution")
-photos, errors = decode_uploads(files)
+with st.spinner("Decoding the photos…"):
+    photos, errors = decode_uploads(files)
 views.show_errors(errors)
 if len(photos) < 2:
     st.info("Upload at least two photos of the same lesion to see how it evolved.")
@@ -59,10 +60,11 @@ else:
     st.subheader(f"Sequence prediction over {len(prediction.sequence_photos)} visits")
     st.caption(f"Combines {predictor.sequence_method}.")
     left, right = st.columns([1, 2])
-    with left:
-        views.verdict(sequence)
+    slot = left.empty()  # the verdict goes above its chart, sent after it: it never shows before what it reads
     with right:
         views.chart(views.probability_chart(prediction.sequence), key="evo_sequence")
+    with slot.container():
+        views.verdict(sequence)
 
 st.subheader("Visits")
 cols = st.columns(min(len(photos), 4))

@@ -116,15 +116,16 @@ if prediction.sequence is None:
     st.warning("None of this lesion's photos passed the out-of-distribution check.")
     st.stop()
 left, right = st.columns([1, 2])
-with left:
+slot = left.empty()  # the verdict goes above its chart, sent after it: it never shows before what it reads
+with right:
+    views.chart(views.probability_chart(prediction.sequence, "Sequence prediction"), key="lesion_seq")
+with slot.container():
     views.verdict(prediction.sequence_decision())
     context = predictor.predict([p.image for p in photos], sequence=True, age=first.age,
                                 sex=first.sex, site=first.localization)
     if context.sequence is not None:
         code, p = context.top(context.sequence)
         st.caption(f"With the patient's age, sex and site: {CLASS_NAMES[code]} ({p:.0%})")
-with right:
-    views.chart(views.probability_chart(prediction.sequence, "Sequence prediction"), key="lesion_seq")
 cols = st.columns(min(len(photos), 4))
 for i, photo in enumerate(photos):
     with cols[i % len(cols)]:

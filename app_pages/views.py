@@ -288,7 +288,7 @@ def release_freed_memory() -> None:
         pass
 
 
-@st.cache_data(max_entries=64, show_spinner="Analysing…")
+@st.cache_data(max_entries=64, show_spinner="Scoring the photos and drawing their heatmaps…")
 def _analysis(weights: str | None, digests: tuple[str, ...], context: tuple[float | None, str | None, str | None],
               sequence: bool | None, method: str, target: str | None, _predictor: Predictor,
               _images: list[Image.Image]) -> Analysis:

@@ -984,3 +984,35 @@ def test_the_model_card_page_never_describes_a_pooling_the_weights_do_not_use(mo
         assert ("corrected by an LSTM" in text) == uses
         assert ("validation gave its correction a weight of 0" in text) == (not uses)
     _clear_caches()
+
+
+def test_a_verdict_is_sent_after_the_photo_heatmap_and_chart_it_reads(app_env: Path, lesion_photos,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streamlit draws elements as the script sends them: each verdict is sent last (into a slot above its
+    chart), so no verdict is on screen before its photo, heatmap and chart (#16 item 2)."""
+    sent: list[str] = []
+    for name in ("chart", "verdict"):
+        original = getattr(views, name)
+
+        def record(*args, _name=name, _original=original, **kwargs):
+            sent.append(f"{_name}:{kwargs.get('key', '')}")
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(views, name, record)
+    image = st.delta_generator.DeltaGenerator.image
+
+    def record_image(self, *args, **kwargs):
+        sent.append(f"image:{kwargs.get('caption', '')[:5]}")
+        return image(self, *args, **kwargs)
+
+    monkeypatch.setattr(st.delta_generator.DeltaGenerator, "image", record_image)
+    at = upload(_app(), lesion_photos[:2])
+    assert len(verdicts(at)) == 3  # the sequence's and each photo's
+    analysed = sent[sent.index("chart:sequence_chart"):]
+    assert analysed[:2] == ["chart:sequence_chart", "verdict:"], analysed
+    photos = [i for i, item in enumerate(analysed) if item == "image:photo"]
+    assert len(photos) == 2
+    for i, start in enumerate(photos):
+        photo, heatmap, chart, verdict = analysed[start:start + 4]
+        assert heatmap.startswith("image:") and heatmap != "image:photo", analysed  # the heatmap, by its caption
+        assert (chart, verdict) == (f"chart:chart_{i}", "verdict:"), analysed

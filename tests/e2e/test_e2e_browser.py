@@ -1,8 +1,8 @@
 """End to end: the real Streamlit server driven by headless Chromium through Selenium.
 
 The server is started on a free port of 127.0.0.1 and stopped by the fixture.
-Set UPDATE_SCREENSHOT=1 to also write the final screenshot to docs/screenshot.png
-(the picture the README shows).
+Set UPDATE_SCREENSHOT=1 to also write the screenshots the README shows to docs/ (screenshot.png, and one
+per page).
 """
 
 from __future__ import annotations
@@ -180,3 +180,86 @@ def test_upload_photo_then_broken_file(browser, app_url: str, tmp_path: Path) ->
         target = REPO / "docs" / "screenshot.png"
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(screenshot, target)
+
+
+@pytest.fixture
+def data_app_url(tmp_path: Path):
+    """The app as a user with a HAM10000 copy runs it (shipped weights, HAM10000_DIR set); skips without one."""
+    if not (HAM_DIR / "HAM10000_metadata.csv").is_file() or not SHIPPED_CARD.is_file():
+        pytest.skip(f"needs the shipped weights and HAM10000 at {HAM_DIR}")
+    env = {k: v for k, v in os.environ.items() if k != "SKIN_MODEL_WEIGHTS"}
+    env["HAM10000_DIR"] = str(HAM_DIR)
+    server = StreamlitServer(env, tmp_path / "streamlit.log")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_every_page_in_a_browser_with_its_screenshot(browser, data_app_url: str, tmp_path: Path) -> None:
+    """Issue #16 item 6: every page, in use, in headless Chromium: an example photo analysed on Classify, one
+    lesion's three photos on Lesion evolution, the explorer over HAM10000, the model card. Each page's
+    screenshot goes to docs/<page>.png with UPDATE_SCREENSHOT=1 (the README shows them)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def wait(condition, what: str, timeout: float = RESULT_TIMEOUT):
+        return WebDriverWait(browser, timeout, poll_frequency=0.5,
+                             ignored_exceptions=(StaleElementReferenceException,)).until(condition, message=what)
+
+    def state(driver) -> dict:
+        return driver.execute_script(
+            "const main = document.querySelector('[data-testid=\"stMain\"]');"
+            "return {text: main ? main.innerText : '',"
+            " busy: document.querySelectorAll('[data-testid=\"stStatusWidget\"], [data-stale=\"true\"],"
+            " [data-testid=\"stSkeleton\"]').length > 0,"
+            " charts: Array.from(document.querySelectorAll('.js-plotly-plot')).filter(p => p.data).length,"
+            " images: Array.from(document.querySelectorAll('[data-testid=\"stMain\"] img'))"
+            ".filter(i => i.complete && i.naturalWidth > 0).length,"
+            " failed: document.querySelectorAll('[data-testid=\"stException\"]').length};")
+
+    def settled(charts: int, text: str, images: int = 0):
+        def done(driver) -> bool:
+            s = state(driver)
+            assert s["failed"] == 0, s["text"][-2000:]
+            return not s["busy"] and s["charts"] >= charts and s["images"] >= images and text in s["text"]
+        return done
+
+    table = pd.read_csv(HAM_DIR / "HAM10000_metadata.csv")
+    sizes = table.groupby("lesion_id").size()
+    lesion = sorted(sizes[sizes == 3].index)[0]
+    visits = [str(next(HAM_DIR.glob(f"**/{i}.jpg")).resolve()) for i in sorted(table[table.lesion_id == lesion].image_id)]
+    shots = {}
+    browser.get(data_app_url)
+    wait(settled(0, "No dermatoscopic photo at hand?", images=7), "the example photos", STARTUP_TIMEOUT)
+    browser.find_element(By.XPATH, "//button[.//p[starts-with(normalize-space(.), 'Melanoma')]]").click()
+    wait(settled(1, "the dataset's diagnosis is Melanoma", images=2), "the example's analysis")
+    assert "where the model looked for" in state(browser)["text"]
+    shots["classify"] = tmp_path / "classify.png"
+    _full_page_screenshot(browser, shots["classify"])
+
+    browser.get(f"{data_app_url}/evolution")
+    wait(lambda d: not state(d)["busy"] and d.find_elements(By.CSS_SELECTOR, "input[type=file]"), "the uploader",
+         STARTUP_TIMEOUT)[0].send_keys("\n".join(visits))
+    wait(settled(2, "Sequence prediction over 3 visits", images=6), "the lesion's evolution")
+    shots["evolution"] = tmp_path / "evolution.png"
+    _full_page_screenshot(browser, shots["evolution"])
+
+    browser.get(f"{data_app_url}/explorer")
+    wait(settled(4, "Photos matching"), "the explorer's charts", STARTUP_TIMEOUT)
+    assert "10,015" in state(browser)["text"]
+    shots["explorer"] = tmp_path / "explorer.png"
+    _full_page_screenshot(browser, shots["explorer"])
+
+    browser.get(f"{data_app_url}/model_card")
+    wait(settled(1, "The seven diagnoses"), "the model card", STARTUP_TIMEOUT)
+    shots["model_card"] = tmp_path / "model_card.png"
+    _full_page_screenshot(browser, shots["model_card"])
+
+    for page, shot in shots.items():
+        with Image.open(shot) as img:
+            assert img.width >= 1000 and img.height >= 1000, page
+        if os.environ.get("UPDATE_SCREENSHOT") == "1":
+            (REPO / "docs").mkdir(exist_ok=True)
+            shutil.copyfile(shot, REPO / "docs" / f"{page}.png")
