@@ -316,8 +316,8 @@ def run_session(result: SessionResult, url: str, profile: Path, photos: list[Pat
     driver = None
     try:
         try:
-            start = time.perf_counter()
             driver = chromium(profile)
+            start = time.perf_counter()  # from the page's request: the browser's own start is not the app's
             driver.get(url)
             state = _wait(driver, _page_ready, timeout, "Classify page ready for a photo")
             result.page_seconds = round(time.perf_counter() - start, 2)
