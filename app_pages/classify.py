@@ -58,11 +58,9 @@ if prediction.sequence is not None:
     st.subheader(f"Sequence prediction over {len(prediction.sequence_photos)} photos of the lesion")
     st.caption(f"Combines {predictor.sequence_method}.")
     left, right = st.columns([1, 2])
-    slot = left.empty()  # the verdict goes above its chart, sent after it: it never shows before what it reads
+    sequence_slot = left.empty()  # its verdict, sent once its chart and every photo below are on the page
     with right:
         views.chart(views.probability_chart(prediction.sequence), key="sequence_chart")
-    with slot.container():
-        views.verdict(prediction.sequence_decision())
 
 for i, (photo, probs, heat) in enumerate(zip(photos, prediction.photos, analysis.heatmaps)):
     st.divider()
@@ -80,6 +78,9 @@ for i, (photo, probs, heat) in enumerate(zip(photos, prediction.photos, analysis
             views.chart(views.probability_chart(probs), key=f"chart_{i}")
     with slot.container():
         views.verdict(decision)
+if prediction.sequence is not None:
+    with sequence_slot.container():
+        views.verdict(prediction.sequence_decision())
 
 st.divider()
 views.explain_classes()

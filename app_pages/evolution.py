@@ -60,11 +60,9 @@ else:
     st.subheader(f"Sequence prediction over {len(prediction.sequence_photos)} visits")
     st.caption(f"Combines {predictor.sequence_method}.")
     left, right = st.columns([1, 2])
-    slot = left.empty()  # the verdict goes above its chart, sent after it: it never shows before what it reads
+    sequence_slot = left.empty()  # its verdict, sent once its chart and every visit below are on the page
     with right:
         views.chart(views.probability_chart(prediction.sequence), key="evo_sequence")
-    with slot.container():
-        views.verdict(sequence)
 
 st.subheader("Visits")
 cols = st.columns(min(len(photos), 4))
@@ -74,6 +72,9 @@ for i, (photo, heat) in enumerate(zip(photos, analysis.heatmaps)):
         st.image(heat.overlay(photo.image, opacity), caption=views.heatmap_caption(heat),
                  width="stretch")
         views.verdict(prediction.decision(i))
+if sequence is not None:
+    with sequence_slot.container():
+        views.verdict(sequence)
 
 visits = dict(tickmode="array", tickvals=list(range(1, len(photos) + 1)), ticktext=labels, title_text="visit")
 per_visit = pd.DataFrame([{"visit": i + 1, "class": CLASS_NAMES[c], "probability": probs[c]}
