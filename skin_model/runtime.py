@@ -76,9 +76,7 @@ class OnnxEngine:
         self._sequence = session(graphs.sequence_file, graphs.sequence_sha256)
         self._heatmap_file = (graphs.heatmap_file, graphs.heatmap_sha256) if graphs.heatmap_file else None
         self._heatmap: ort.InferenceSession | None = None
-        self._lock = threading.Lock()
-        if self._heatmap_file:  # checked now, loaded when a heatmap is first asked for (folders never ask)
-            verified(directory / self._heatmap_file[0], self._heatmap_file[1], "ONNX graph")
+        self._lock = threading.Lock()  # the heatmap graph is verified and loaded on first use (folders never use it)
 
     @property
     def serves_heatmaps(self) -> bool:

@@ -112,6 +112,14 @@ def test_cli_export_writes_verified_graphs_of_the_weights(tiny_weights: Path, tm
     agree(served.predict([lesion_photo()]), load_predictor(tiny_weights).predict([lesion_photo()]), atol=1e-6)
 
 
+def output_without_helpers(code: str) -> list[str]:
+    """The lines `code` prints in a fresh Python without the suite's helpers (they import torch)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.splitlines()
+
+
 def test_serving_loads_neither_torch_nor_grad_cam(tiny_weights: Path) -> None:
     """A prediction on ONNX Runtime (the app's and the CLI's) never imports torch: its import alone is
     about 500 MB of the app's memory. Run without the suite's helpers, which import torch."""
@@ -120,10 +128,7 @@ def test_serving_loads_neither_torch_nor_grad_cam(tiny_weights: Path) -> None:
             "r = p.predict([Image.new('RGB', (200, 150), (200, 150, 120)), Image.new('RGB', (90, 60), (180, 90, 70))])\n"
             "print(p.engine.name, r.sequence is not None, len(p.sequence_method) > 0)\n"
             "print([m for m in ('torch', 'torchvision', 'pytorch_grad_cam', 'cv2', 'pandas') if m in sys.modules])")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines() == ["ONNX Runtime True True", "[]"]
+    assert output_without_helpers(code) == ["ONNX Runtime True True", "[]"]
 
 
 def test_the_torch_engine_scores_on_the_models_device(tiny_weights: Path, lesion_photo) -> None:
@@ -197,10 +202,7 @@ def test_heatmaps_load_no_torch(lite_weights: Path) -> None:
             "a = p.analyse([Image.new('RGB', (200, 150), (200, 150, 120))], method='Grad-CAM++', target='bcc')\n"
             "print(a.heatmaps[0].cam.shape, a.heatmaps[0].target)\n"
             "print([m for m in ('torch', 'pytorch_grad_cam', 'torchvision') if m in sys.modules])")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines() == ["(160, 160) bcc", "[]"]
+    assert output_without_helpers(code) == ["(160, 160) bcc", "[]"]
 
 
 def test_heatmaps_can_be_loaded_before_the_first_photo(lite_weights: Path, tiny_weights: Path) -> None:
