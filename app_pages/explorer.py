@@ -6,16 +6,77 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import plotly.express as px
+import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages import views
-from skin_model import CLASS_NAMES
+from skin_model import CLASS_NAMES, Predictor
 from skin_model.data.ham10000 import DatasetError, load_ham10000
-from skin_model.io.images import decode_upload
+from skin_model.io.images import Photo, decode_upload
+from skin_model.predict import Prediction
 
 PAGE_SIZE = 12
+AGE_BINS = np.arange(0, 95, 5)  # HAM10000 gives ages in steps of 5 years, 0 to 85
+AGE_BANDS = [f"{a}-{a + 4}" for a in AGE_BINS[:-2]] + ["85+"]
+# Neutral colours for sex: red and orange mean a malignant class everywhere in the app.
+SEX_COLOURS = {"female": "#8e6bbf", "male": "#4c9bb0", "unknown": "#bdbdbd"}
+
+
+# The charts are built with plotly's graph objects: plotly express took about 50 ms a figure, most of a
+# filter's rerun. Each diagnosis keeps its colour whatever the filters (views.CLASS_COLOURS).
+def diagnosis_chart(view: pd.DataFrame) -> go.Figure:
+    """Photos per diagnosis, sorted by count (the largest on top), one trace per class in its colour."""
+    counts = view.dx.value_counts(ascending=True)
+    fig = go.Figure([go.Bar(x=[n], y=[CLASS_NAMES[code]], name=CLASS_NAMES[code], orientation="h",
+                            marker_color=views.CLASS_COLOURS[code], hovertemplate="%{y}: %{x:,} photos<extra></extra>")
+                     for code, n in counts.items()])
+    return fig.update_layout(title="Diagnoses", showlegend=False, xaxis_title="photos", height=360,
+                             yaxis=dict(categoryorder="array", categoryarray=[CLASS_NAMES[c] for c in counts.index]))
+
+
+def age_chart(view: pd.DataFrame) -> go.Figure:
+    """Photos per 5-year age band, stacked by diagnosis."""
+    fig = go.Figure()
+    for code, name in CLASS_NAMES.items():
+        ages = view.age[view.dx == code].dropna()
+        if not ages.empty:
+            counts, _ = np.histogram(ages, AGE_BINS)
+            fig.add_trace(go.Bar(x=AGE_BINS[:-1] + 2.5, y=counts, width=5, name=name,
+                                 marker_color=views.CLASS_COLOURS[code], customdata=AGE_BANDS,
+                                 hovertemplate=f"{name}, age %{{customdata}}: %{{y:,}} photos<extra></extra>"))
+    return fig.update_layout(title="Age", barmode="stack", bargap=0, xaxis_title="age (years)",
+                             yaxis_title="photos", height=360)
+
+
+def site_chart(view: pd.DataFrame) -> go.Figure:
+    """Photos per body site, sorted by count."""
+    counts = view.localization.value_counts(ascending=True)
+    fig = go.Figure(go.Bar(x=counts.to_numpy(), y=list(counts.index), orientation="h", marker_color="#7f7f7f",
+                           hovertemplate="%{y}: %{x:,} photos<extra></extra>"))
+    return fig.update_layout(title="Localization", xaxis_title="photos", height=360)
+
+
+def sex_chart(view: pd.DataFrame) -> go.Figure:
+    """The patients' sex, as the dataset records it ("unknown" where it does not)."""
+    counts = view.sex.fillna("unknown").value_counts()
+    return go.Figure(go.Pie(labels=list(counts.index), values=counts.to_numpy(), sort=False,
+                            marker_colors=[SEX_COLOURS.get(s, "#bdbdbd") for s in counts.index])
+                     ).update_layout(title="Sex", height=360)
+
+@st.cache_data(max_entries=16, show_spinner="Scoring the lesion's photos…")
+def lesion_predictions(weights: str | None, paths: tuple[str, ...],
+                       context: tuple[float | None, str | None, str | None],
+                       _predictor: Predictor) -> tuple[list[Photo], Prediction, Prediction]:
+    """A dataset lesion's photos and their sequence prediction, without and with the patient's context,
+    kept per lesion (and weights): a filter that leaves the lesion shown does not score it again."""
+    photos = [decode_upload(Path(p).name, Path(p).read_bytes()) for p in paths]
+    images = [p.image for p in photos]
+    age, sex, site = context
+    return (photos, _predictor.predict(images, sequence=True),
+            _predictor.predict(images, sequence=True, age=age, sex=sex, site=site))
+
 
 st.title("🗂️ HAM10000 explorer")
 
@@ -43,7 +104,6 @@ if table is None:
             "The other pages work without it.")
     st.stop()
 
-table = table.assign(diagnosis=table.dx.map(CLASS_NAMES))
 with st.expander("Filters", expanded=True):
     c1, c2, c3 = st.columns(3)
     dx = c1.multiselect("Diagnosis", sorted(table.dx.unique()), format_func=lambda c: f"{CLASS_NAMES[c]} ({c})")
@@ -68,19 +128,15 @@ if view.empty:
     st.stop()
 
 c1, c2 = st.columns(2)
-# Each diagnosis keeps its colour whatever the filters (views.CLASS_COLOURS); the bars are sorted by count.
-counts = view.diagnosis.value_counts(ascending=True).rename_axis("diagnosis").reset_index(name="photos")
-c1.plotly_chart(px.bar(counts, x="photos", y="diagnosis", color="diagnosis", orientation="h", title="Diagnoses",
-                       color_discrete_map=views.colours_by_name(),
-                       category_orders={"diagnosis": list(counts.diagnosis)}).update_layout(showlegend=False),
-                key="dx_chart")
-c2.plotly_chart(px.histogram(view, x="age", color="diagnosis", nbins=20, title="Age",
-                             color_discrete_map=views.colours_by_name(),
-                             category_orders={"diagnosis": list(CLASS_NAMES.values())}),
-                key="age_chart")
+with c1:
+    views.chart(diagnosis_chart(view), key="dx_chart")
+with c2:
+    views.chart(age_chart(view), key="age_chart")
 c3, c4 = st.columns(2)
-c3.plotly_chart(px.histogram(view, y="localization", title="Localization"), key="site_chart")
-c4.plotly_chart(px.pie(view.fillna({"sex": "unknown"}), names="sex", title="Sex"), key="sex_chart")
+with c3:
+    views.chart(site_chart(view), key="site_chart")
+with c4:
+    views.chart(sex_chart(view), key="sex_chart")
 
 st.subheader("Gallery")
 pages = max(1, -(-len(view) // PAGE_SIZE))
@@ -109,9 +165,9 @@ truth = rows.dx.iloc[0]
 st.caption(f"Ground truth: **{CLASS_NAMES[truth]} ({truth})**, confirmed by {rows.dx_type.iloc[0]}; "
            f"photos read in image-id order (HAM10000 has no dates).")
 predictor = views.require_predictor()
-photos = [decode_upload(Path(p).name, Path(p).read_bytes()) for p in rows.path]
 first = rows.iloc[0]
-prediction = predictor.predict([p.image for p in photos], sequence=True)
+photos, prediction, context = lesion_predictions(predictor.card.sha256, tuple(rows.path),
+                                                 (first.age, first.sex, first.localization), predictor)
 if prediction.sequence is None:
     st.warning("None of this lesion's photos passed the out-of-distribution check.")
     st.stop()
@@ -121,8 +177,6 @@ with right:
     views.chart(views.probability_chart(prediction.sequence, "Sequence prediction"), key="lesion_seq")
 with slot.container():
     views.verdict(prediction.sequence_decision())
-    context = predictor.predict([p.image for p in photos], sequence=True, age=first.age,
-                                sex=first.sex, site=first.localization)
     if context.sequence is not None:
         code, p = context.top(context.sequence)
         st.caption(f"With the patient's age, sex and site: {CLASS_NAMES[code]} ({p:.0%})")

@@ -22,6 +22,7 @@ import streamlit as st
 from PIL import Image
 from plotly.subplots import make_subplots
 
+from app_pages import PREDICTOR_KEY, PROBLEM_KEY
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, Predictor
 from skin_model.constants import CLASS_DESCRIPTIONS, HAM10000_PHOTOS, SEXES, SITES
 from skin_model.explain.heatmap import Heatmap
@@ -32,7 +33,6 @@ from skin_model.predict import Analysis
 from skin_model.trust.decision import Decision
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
-PREDICTOR_KEY, PROBLEM_KEY = "predictor", "model_problem"  # set by the frame (streamlit_app.py) on every rerun
 MALIGNANT_COLOUR, BENIGN_COLOUR = "#d62728", "#1f77b4"
 # One colour per class on every chart, whatever is filtered: the malignant classes in reds and oranges
 # (red means malignant everywhere in the app), the benign ones in blues, greens, purple and grey.

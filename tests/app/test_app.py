@@ -535,6 +535,22 @@ def test_missing_weights_give_a_message_not_a_traceback(app_env: Path, tmp_path:
     assert charts(at).keys() <= {"dx_chart", "age_chart", "site_chart", "sex_chart"}
 
 
+
+def test_a_model_that_failed_to_load_is_tried_again_on_the_next_run(app_env: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model loads in a thread while the first page imports what it draws with; a failure is shown,
+    and not kept: once the weights are there, the next run loads them without a restart."""
+    empty = tmp_path / "not_yet"
+    empty.mkdir()
+    monkeypatch.setenv("SKIN_MODEL_WEIGHTS", str(empty))
+    at = _app(None)
+    assert any("The model could not be loaded" in e.value for e in at.sidebar.error)
+    monkeypatch.setenv("SKIN_MODEL_WEIGHTS", str(app_env))
+    at.run()
+    assert not at.exception and not at.sidebar.error
+    assert any(c.value.startswith("Model runs on:") for c in at.sidebar.caption)
+
+
 # ----------------------------------------------------------------------------- evolution
 
 
@@ -772,6 +788,37 @@ def test_explorer_lesion_view_runs_a_sequence(ham10000: pd.DataFrame, reference)
     assert [img.captions[0] for img in at.image][-len(rows):] == [f"{i}.jpg" for i in rows.image_id]
     assert_verdicts(at, [expected.sequence, *expected.photos], reference)
     assert any(c.value.startswith("With the patient's age, sex and site:") for c in at.main.caption)
+
+
+
+@pytest.mark.slow
+def test_explorer_charts_count_every_photo_in_neutral_and_class_colours(ham10000: pd.DataFrame,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _count_model_calls(monkeypatch)
+    at = _app("explorer")
+    at.multiselect[0].set_value(["mel", "nv"]).run()
+    assert not at.exception
+    view = ham10000[ham10000.dx.isin(["mel", "nv"])]
+    figs = charts(at)
+    age = figs["age_chart"]
+    assert age["layout"]["barmode"] == "stack"
+    code_of = {v: k for k, v in CLASS_NAMES.items()}
+    for trace in age["data"]:  # each class's 5-year bands hold exactly its photos with a known age
+        ages = view[view.dx == code_of[trace["name"]]].age.dropna()
+        assert sum(_array(trace["y"])) == len(ages)
+        assert trace["marker"]["color"] == views.CLASS_COLOURS[code_of[trace["name"]]]
+    in_band = view.age.dropna()
+    assert sum(sum(_array(t["y"])) for t in age["data"]) == len(in_band)
+    sites = figs["site_chart"]["data"][0]
+    assert dict(zip(sites["y"], _array(sites["x"]))) == view.localization.value_counts().to_dict()
+    pie = figs["sex_chart"]["data"][0]
+    assert dict(zip(pie["labels"], _array(pie["values"]))) == view.sex.fillna("unknown").value_counts().to_dict()
+    malignant = {views.CLASS_COLOURS[c] for c in MALIGNANT} | {views.MALIGNANT_COLOUR}
+    assert not set(pie["marker"]["colors"]) & malignant, "red means a malignant class: not a sex"
+    assert pie["marker"]["colors"][list(pie["labels"]).index("unknown")] == "#bdbdbd"
+    scored = len(calls)
+    at.number_input[0].set_value(2).run()  # another gallery page: the lesion below is the same
+    assert not at.exception and len(calls) == scored, "the lesion shown is scored once, not on every rerun"
 
 
 # ----------------------------------------------------------------------------- model card
