@@ -20,8 +20,8 @@ from skin_model.constants import DISCLAIMER
 
 
 def _load(future: Future[Predictor]) -> None:
-    """The model first (the pages wait for it), then the heatmap graph, which only a photo's analysis
-    needs: it finishes while the visitor picks a photo (the engine's lock makes a first analysis wait)."""
+    """The model first (the pages wait for it), then what only a photo's analysis needs, the heatmap graph
+    and plotly: they load while the visitor picks a photo (the engine's lock makes a first analysis wait)."""
     try:
         predictor = load_predictor()
     except Exception as exc:  # missing or altered weights: the frame shows why
@@ -32,12 +32,13 @@ def _load(future: Future[Predictor]) -> None:
         predictor.prepare_heatmaps()
     except Exception:  # the first analysis loads it again and reports what fails there
         pass
+    importlib.import_module("plotly.graph_objects")
 
 
 @st.cache_resource(show_spinner=False)
 def model_loading() -> Future[Predictor]:
     """One predictor per process (weights: SKIN_MODEL_WEIGHTS, else the shipped ones), loaded in a thread
-    started on the first page's first run, so that the pages' own imports (plotly, pandas) run meanwhile.
+    started on the first page's first run, so that the pages' own imports run meanwhile.
     Its probabilities and heatmaps come from ONNX Runtime, without torch."""
     future: Future[Predictor] = Future()
     threading.Thread(target=_load, args=(future,), name="skin-model-load", daemon=True).start()

@@ -55,7 +55,7 @@ def site_chart(view: pd.DataFrame) -> go.Figure:
     counts = view.localization.value_counts(ascending=True)
     fig = go.Figure(go.Bar(x=counts.to_numpy(), y=list(counts.index), orientation="h", marker_color="#7f7f7f",
                            hovertemplate="%{y}: %{x:,} photos<extra></extra>"))
-    return fig.update_layout(title="Localization", xaxis_title="photos", height=360)
+    return fig.update_layout(title="Localization", xaxis_title="photos", height=360, yaxis_dtick=1)  # every site named
 
 
 def sex_chart(view: pd.DataFrame) -> go.Figure:

@@ -14,13 +14,11 @@ import csv
 import ctypes
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
-from plotly.subplots import make_subplots
 
 from app_pages import PREDICTOR_KEY, PROBLEM_KEY
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, Predictor
@@ -31,6 +29,10 @@ from skin_model.io.images import ACCEPTED_SUFFIXES, Photo
 from skin_model.model.card import ModelCard
 from skin_model.predict import Analysis
 from skin_model.trust.decision import Decision
+
+if TYPE_CHECKING:  # plotly and pandas load with the first chart: the first page, waiting for a photo, has none
+    import pandas as pd
+    import plotly.graph_objects as go
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 MALIGNANT_COLOUR, BENIGN_COLOUR = "#d62728", "#1f77b4"
@@ -159,6 +161,8 @@ def example_picker(key: str) -> None:
 
 def probability_chart(probs: dict[str, float], title: str | None = None) -> go.Figure:
     """Sorted horizontal bars with full class names; malignant classes in red."""
+    import plotly.graph_objects as go
+
     order = sorted(probs, key=probs.get)
     fig = go.Figure(go.Bar(
         x=[probs[c] for c in order], y=[short_label(c) for c in order], orientation="h",
@@ -185,6 +189,9 @@ def heatmap_caption(heat: Heatmap) -> str:
 def measures_chart(table: pd.DataFrame, columns: list[str], visits: dict) -> go.Figure:
     """One panel per measure over the visits, each with its own y-axis title (a shared "value" axis
     and overlapping facet labels did not read), the visit axis labelled once, at the bottom."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
     fig = make_subplots(rows=len(columns), cols=1, shared_xaxes=True, vertical_spacing=0.08)
     for row, column in enumerate(columns, start=1):
         fig.add_trace(go.Scatter(x=table["visit"], y=table[column], mode="lines+markers", name=column,
