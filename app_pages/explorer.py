@@ -65,6 +65,7 @@ def sex_chart(view: pd.DataFrame) -> go.Figure:
                             marker_colors=[SEX_COLOURS.get(s, "#bdbdbd") for s in counts.index])
                      ).update_layout(title="Sex", height=360)
 
+
 @st.cache_data(max_entries=16, show_spinner="Scoring the lesion's photos…")
 def lesion_predictions(weights: str | None, paths: tuple[str, ...],
                        context: tuple[float | None, str | None, str | None],
