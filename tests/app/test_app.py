@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
-from app_pages import views
+from app_pages import PREDICTOR_KEY, views
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT, load_image, load_predictor
 from skin_model.constants import CONFIRMATION
 from skin_model.engine import preprocess
@@ -945,6 +945,7 @@ def test_a_photo_crosses_at_most_twelve_project_files(app_env: Path, lesion_phot
     checkpoint.save(model, tmp_path / "w", dataclasses.replace(card, trust=TrustSettings(triage=rule)))
     monkeypatch.setenv("SKIN_MODEL_WEIGHTS", str(tmp_path / "w"))
     at = _app()  # loads the model: not part of a photo's path
+    at.session_state[PREDICTOR_KEY].prepare_heatmaps()  # which goes on in a thread: waited for (engine's lock)
     at.number_input[0].set_value(61)  # with patient context, the longer path
     seen: set[str] = set()
     root = str(APP.parent)
