@@ -8,8 +8,8 @@ the server holds.
 A session counts as a success when the page shows a subheader and at least one verdict per
 uploaded photo, every chart drawn (no loading placeholder left) and the report section (the last
 thing the page draws), with no run in progress and no Streamlit exception; its time is from the
-upload to that moment (polled every 0.25 s, 0.05 s for a single session; the browsers' own drawing, on the same CPU, is
-included). Photos: HAM10000 (`$HAM10000_DIR` or ../shared/ham10000, images/*.jpg), different ones
+upload to that moment (polled every 0.25 s, every 0.05 s for a single session; the browsers' own
+drawing, on the same CPU, is included). Photos: HAM10000 (`$HAM10000_DIR` or ../shared/ham10000, images/*.jpg), different ones
 per session so that the app's result cache never answers for another session; synthetic JPEGs
 when the folder is absent. Exits with 1 when a session failed (the files are written all the same).
 
