@@ -33,6 +33,12 @@ class MemberCard:
     image_size: int
     source_sha256: str | None = None
     training: dict[str, Any] | None = None
+    input_height: int | None = None
+
+    @property
+    def data_config(self) -> DataConfig:
+        """The member's input (width `image_size`, height `input_height`): what it resizes photos to."""
+        return DataConfig(image_size=self.image_size, input_height=self.input_height)
 
 
 @dataclass(frozen=True)
@@ -160,7 +166,7 @@ class ModelCard:
                        if getattr(self.data, f.name) is not None}
         out["metrics"] = self.metrics
         out["members"] = [{k: v for k, v in {"backbone": m.backbone, "image_size": m.image_size,
-                                              "source_sha256": m.source_sha256, "training": m.training}.items()
+                                              "input_height": m.input_height, "source_sha256": m.source_sha256, "training": m.training}.items()
                            if v is not None} for m in self.members]
         out.update({"classes": list(self.classes), "class_names": dict(self.class_names),
                     "malignant": list(self.malignant), "mean": list(self.data_config.mean),
@@ -183,11 +189,14 @@ class ModelCard:
                                 std=tuple(raw.get("std") or ()), interpolation=raw.get("interpolation", "bilinear"),
                                 input_height=raw.get("input_height"))
             members = tuple(MemberCard(backbone=m.get("backbone"), image_size=m.get("image_size"),
-                                       source_sha256=m.get("source_sha256"), training=m.get("training"))
+                                       source_sha256=m.get("source_sha256"), training=m.get("training"),
+                                       input_height=m.get("input_height"))
                             for m in raw.get("members") or [])
             for i, m in enumerate(members):
-                if not isinstance(m.image_size, int) or not 32 <= m.image_size <= 1024:
-                    raise CardError(f"members[{i}].image_size must be an integer from 32 to 1024")
+                try:
+                    DataConfig(image_size=m.image_size, input_height=m.input_height)
+                except ConfigError as exc:
+                    raise CardError(f"members[{i}].{exc}") from exc
             known = {f.name for f in fields(DatasetInfo)}
             data = DatasetInfo(**{k: v for k, v in (raw.get("data") or {}).items() if k in known})
             trust = TrustSettings(inconclusive_below=float(raw.get("inconclusive_below", 0.5)), ood=raw.get("ood"),

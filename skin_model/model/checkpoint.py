@@ -32,8 +32,9 @@ from skin_model.model.network import SkinLesionNet
 def card_of(model: SkinLesionNet, card: ModelCard) -> ModelCard:
     """`card` with the fields the model itself fixes (backbone, data config, members)."""
     known = card.members
-    members = tuple(replace(known[i], backbone=m.backbone, image_size=m.image_size) if i < len(known)
-                    else MemberCard(m.backbone, m.image_size) for i, m in enumerate(model.members))
+    members = tuple(replace(known[i], backbone=m.backbone, image_size=m.image_size, input_height=m.input_height)
+                    if i < len(known) else MemberCard(m.backbone, m.image_size, input_height=m.input_height)
+                    for i, m in enumerate(model.members))
     return replace(card, backbone=model.backbone, data_config=model.data_config,
                    members=members)
 
@@ -90,7 +91,7 @@ def export(directory: str | Path | None = None) -> ModelCard:
 def build(card: ModelCard) -> SkinLesionNet:
     """An untrained network of the card's architecture (no ImageNet download: weights follow)."""
     return SkinLesionNet(backbone=card.backbone, image_size=card.image_size, pretrained=False,
-                         members=tuple((m.backbone, m.image_size) for m in card.members), data_config=card.data_config)
+                         members=tuple((m.backbone, m.data_config) for m in card.members), data_config=card.data_config)
 
 
 def load(directory: str | Path | None = None, strict: bool = True) -> tuple[SkinLesionNet, ModelCard]:

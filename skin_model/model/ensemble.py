@@ -15,7 +15,8 @@ from skin_model.model.network import SkinLesionNet
 
 
 def _member_entry(card: ModelCard) -> MemberCard:
-    return MemberCard(backbone=card.backbone, image_size=card.image_size, source_sha256=card.sha256,
+    return MemberCard(backbone=card.backbone, image_size=card.image_size, input_height=card.data_config.input_height,
+                      source_sha256=card.sha256,
                       training={k: card.training.get(k) for k in ("hardware", "device", "seconds", "finished", "config")})
 
 
@@ -31,8 +32,8 @@ def combine(main: str | Path, others: Sequence[str | Path], out: str | Path) -> 
         if (other.data.split, other.data.metadata_md5) != (card.data.split, card.data.metadata_md5):
             raise ValueError(f"{folder} was trained on another split or data than {main}: its photos of the test "
                              "split would not be held out")
-    combined = SkinLesionNet(model.backbone, model.image_size, pretrained=False,
-                             members=tuple((m.backbone, m.image_size) for m, _ in loaded))
+    combined = SkinLesionNet(model.backbone, model.image_size, pretrained=False, data_config=model.data_config,
+                             members=tuple((m.backbone, m.data_config) for m, _ in loaded))
     missing, unexpected = combined.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("members.") for k in missing)
     for member, (source, _) in zip(combined.members, loaded):

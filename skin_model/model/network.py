@@ -32,17 +32,26 @@ __all__ = ["FEATURE_DIM", "Member", "SkinLesionNet"]
 
 class Member(nn.Module):
     """A further trained encoder and photo head whose photo logits are averaged with the
-    main ones (an ensemble); it sees the photos at its own input size."""
+    main ones (an ensemble); it sees the photos at its own input size and aspect (a member
+    trained on 200x150 photos must not be shown them squashed into a square)."""
 
-    def __init__(self, backbone: str, image_size: int, pretrained: bool = False) -> None:
+    def __init__(self, backbone: str, data_config: DataConfig, pretrained: bool = False) -> None:
         super().__init__()
-        self.backbone, self.image_size = backbone, image_size
-        self.encoder = build_encoder(backbone, image_size, pretrained)
+        self.backbone, self.data_config = backbone, data_config
+        self.encoder = build_encoder(backbone, data_config.encoder_size, pretrained)
         self.photo_head = nn.Linear(FEATURE_DIM, len(CLASSES))
 
+    @property
+    def image_size(self) -> int:
+        return self.data_config.image_size
+
+    @property
+    def input_height(self) -> int | None:
+        return self.data_config.input_height
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = nn.functional.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
+        if tuple(images.shape[-2:]) != self.data_config.input_size:
+            images = nn.functional.interpolate(images, size=self.data_config.input_size, mode="bilinear",
                                                antialias=True, align_corners=False)
         return self.encoder(images)
 
@@ -50,13 +59,13 @@ class Member(nn.Module):
 class SkinLesionNet(nn.Module):
     """CNN encoder + LSTM over photos of one lesion, with optional patient context.
 
-    `members` (backbone, input size) add further encoders and photo heads whose logits are
+    `members` (backbone, data config: input size and aspect) add further encoders and photo heads whose logits are
     averaged with the main ones (`skin-model combine` builds them from trained weights).
     Their features follow the main encoder's 1280 in `features()`; the LSTM, Grad-CAM and
     the out-of-distribution check use the main encoder's alone."""
 
     def __init__(self, backbone: str = BACKBONE, image_size: int = IMAGE_SIZE, pretrained: bool = True,
-                 hidden: int = 256, dropout: float = 0.3, members: tuple[tuple[str, int], ...] = (),
+                 hidden: int = 256, dropout: float = 0.3, members: tuple[tuple[str, DataConfig], ...] = (),
                  data_config: DataConfig | None = None) -> None:
         super().__init__()
         n = len(CLASSES)
@@ -66,7 +75,7 @@ class SkinLesionNet(nn.Module):
         if self.data_config.image_size != image_size:
             raise ValueError(f"data config for {self.data_config.image_size} px, network for {image_size} px")
         self.encoder = build_encoder(backbone, self.data_config.encoder_size, pretrained)
-        self.members = nn.ModuleList(Member(b, size) for b, size in members)
+        self.members = nn.ModuleList(Member(b, config) for b, config in members)
         self.dropout = nn.Dropout(dropout)
         self.photo_head = nn.Linear(FEATURE_DIM, n)
         self.meta_head = nn.Sequential(nn.Linear(META_DIM, 64), nn.ReLU(), nn.Linear(64, n))

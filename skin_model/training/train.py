@@ -76,8 +76,8 @@ def teacher_probabilities(teacher: str | Path, photos: torch.Tensor, split: int,
     model.to(device)
     logits = photo_logits_of(model, features_of(model, photos, device), device)
     info = {"weights": str(teacher), "sha256": card.sha256, "name": card.name, "architecture": card.architecture,
-            "members": [{"backbone": model.backbone, "image_size": model.image_size}]
-            + [{"backbone": m.backbone, "image_size": m.image_size} for m in model.members]}
+            "members": [{"backbone": m.backbone, "image_size": m.data_config.image_size,
+                         "input_height": m.data_config.input_height} for m in (model, *model.members)]}
     return torch.as_tensor(logits).softmax(-1), info
 
 
@@ -168,7 +168,7 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
         architecture=f"{model.backbone} (ImageNet) at {model.data_config.describe()} encoder -> per-photo head; LSTM(256) over the "
                         "time-ordered photos of one lesion -> sequence head (confidence-weighted mean of photo probabilities + LSTM "
                         "correction); optional patient context (age, sex, site) as an additive head"
-                        + "".join(f"; photo logits averaged with an ensemble member ({m.backbone} at {m.image_size} px)"
+                        + "".join(f"; photo logits averaged with an ensemble member ({m.backbone} at {m.data_config.describe()})"
                                   for m in model.members),
         training={**training, "calibration": trust_card["calibration"],
                   "triage_validation": trust_card["triage_validation"]},

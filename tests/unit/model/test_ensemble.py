@@ -14,11 +14,12 @@ from helpers import STUB_BACKBONE, build_tiny_model
 from skin_model import engine
 from skin_model.cli import main
 from skin_model.constants import CARD_FILE
+from skin_model.data.config import DataConfig
 from skin_model.explain.cam import METHODS, Explainer
 from skin_model.model import checkpoint
 from skin_model.model.card import DatasetInfo, ModelCard
 from skin_model.model.ensemble import combine
-from skin_model.model.network import FEATURE_DIM
+from skin_model.model.network import FEATURE_DIM, SkinLesionNet
 from skin_model.predict import load_predictor
 
 
@@ -66,6 +67,30 @@ def test_photo_logits_are_the_mean_of_the_members(sources, combined, lesion_phot
     assert card.members[0].source_sha256 == checkpoint.read_card(sources[1]).sha256
     assert card.members[0].training["hardware"] == "there"
     assert "not yet calibrated" in card.name
+
+
+def test_every_member_sees_photos_at_its_own_size_and_aspect(tmp_path: Path, lesion_photo) -> None:
+    """A member trained on 4:3 photos gets them at 4:3, not squashed into a square, and the ensemble keeps
+    its main model's own (here 4:3) input; the card carries both across a save and a load."""
+    data = DatasetInfo(split="lesion-grouped, seed 0", metadata_md5="abc")
+    for name, config, seed in (("main", DataConfig(image_size=80, input_height=60), 0),
+                               ("member", DataConfig(image_size=64, input_height=48), 1)):
+        model = SkinLesionNet(backbone=STUB_BACKBONE, pretrained=False, image_size=config.image_size, data_config=config)
+        model.load_state_dict(build_tiny_model(seed=seed).state_dict())
+        checkpoint.save(model.eval(), tmp_path / name, ModelCard(name=name, data=data))
+    combine(tmp_path / "main", [tmp_path / "member"], tmp_path / "w")
+    ensemble, card = checkpoint.load(tmp_path / "w")
+    assert ensemble.data_config.input_size == card.data_config.input_size == (60, 80)
+    assert card.members[0].data_config.input_size == ensemble.members[0].data_config.input_size == (48, 64)
+    shapes: list[tuple[int, ...]] = []
+    ensemble.members[0].encoder.register_forward_pre_hook(lambda _, args: shapes.append(tuple(args[0].shape)))
+    photos = [lesion_photo(), lesion_photo(centre=(0.3, 0.7), seed=1)]
+    with torch.no_grad():
+        logits = ensemble.photo_logits(ensemble.features(engine.preprocess(photos, ensemble.data_config)))
+        parts = [m.photo_logits(m.features(engine.preprocess(photos, m.data_config)))
+                 for m in (checkpoint.load(tmp_path / n)[0] for n in ("main", "member"))]
+    assert shapes == [(2, 3, 48, 64)]
+    assert torch.allclose(logits, sum(parts) / 2, atol=0.1)
 
 
 def test_main_model_keeps_its_sequence_head_and_ood_statistics(sources, combined) -> None:

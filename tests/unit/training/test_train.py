@@ -282,7 +282,8 @@ def test_distilled_model_card_lists_its_teacher(trained: tuple[Path, Path, Model
     card = run(cfg)
     recorded = card.training["teacher"]
     assert recorded["sha256"] == teacher_card.sha256 and recorded["weights"] == str(teacher)
-    assert recorded["members"] == [{"backbone": teacher_card.backbone, "image_size": teacher_card.image_size}]
+    assert recorded["members"] == [{"backbone": teacher_card.backbone, "image_size": teacher_card.image_size,
+                                    "input_height": teacher_card.data_config.input_height}]
     assert card.metrics == {} and card.trust.ood is None and card.data.split == teacher_card.data.split
     with pytest.raises(ValueError, match="another split"):
         run(replace(cfg, split_seed=1, out=str(tmp_path / "other")))
