@@ -166,7 +166,8 @@ class ModelCard:
                        if getattr(self.data, f.name) is not None}
         out["metrics"] = self.metrics
         out["members"] = [{k: v for k, v in {"backbone": m.backbone, "image_size": m.image_size,
-                                              "input_height": m.input_height, "source_sha256": m.source_sha256, "training": m.training}.items()
+                                              "input_height": m.input_height, "source_sha256": m.source_sha256,
+                                              "training": m.training}.items()
                            if v is not None} for m in self.members]
         out.update({"classes": list(self.classes), "class_names": dict(self.class_names),
                     "malignant": list(self.malignant), "mean": list(self.data_config.mean),

@@ -59,8 +59,9 @@ class Member(nn.Module):
 class SkinLesionNet(nn.Module):
     """CNN encoder + LSTM over photos of one lesion, with optional patient context.
 
-    `members` (backbone, data config: input size and aspect) add further encoders and photo heads whose logits are
-    averaged with the main ones (`skin-model combine` builds them from trained weights).
+    `members` (backbone, data config: input size and aspect) add further encoders and photo
+    heads whose logits are averaged with the main ones (`skin-model combine` builds them from
+    trained weights).
     Their features follow the main encoder's 1280 in `features()`; the LSTM, Grad-CAM and
     the out-of-distribution check use the main encoder's alone."""
 

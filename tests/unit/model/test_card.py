@@ -38,6 +38,8 @@ def test_the_shipped_card_reads_into_types_and_writes_back_the_same_json() -> No
     ({"interpolation": "nearest"}, "interpolation"),
     ({"mean": [0.5, 0.5]}, "mean and std"),
     ({"members": [{"backbone": "efficientnet-lite0", "image_size": None}]}, r"members\[0\].image_size"),
+    ({"members": [{"backbone": "efficientnet-lite0", "image_size": 200, "input_height": 5}]},
+     r"members\[0\]\.input_height"),
 ])
 def test_unreadable_cards_are_refused_with_the_field_named(change: dict, message: str) -> None:
     with pytest.raises(CardError, match=message):
