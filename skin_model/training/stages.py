@@ -303,7 +303,8 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
     what gets scored and kept: it smooths the last steps' noise at no training cost.
     `soft`: a teacher's probabilities for each training photo (see `train_step`).
     After every epoch the whole state (weights, optimiser, schedule, random generators,
-    best epoch so far, and `provenance`, e.g. the warm start) goes to `checkpoint_to`;
+    best epoch so far, and `provenance`: the warm start, a teacher and its soft labels) goes
+    to `checkpoint_to`;
     `resume` is such a state, and the run continues from it exactly as if it had never stopped.
     With `cfg.cached_views` the steps draw a photo and one of its cached views (`cache_prefix`);
     with `cfg.progressive` the input size follows `input_size_at`."""

@@ -100,12 +100,20 @@ def run(cfg: TrainConfig, resume: str | Path | None = None) -> ModelCard:
     labels, val_labels = train_t.label.to_numpy(), val_t.label.to_numpy()
     size = cfg.data_config.input_size
     photos, val_photos = preload(list(train_t.path), size), preload(list(val_t.path), size)
-    soft, teacher = teacher_probabilities(cfg.teacher, photos, cfg.split, ham.fingerprint, device) if cfg.teacher else (None, None)
+    carried = (saved or {}).get("provenance") or {}
+    if cfg.teacher and carried.get("soft") is not None:
+        # A resumed distillation keeps the soft labels it started with: computing them again
+        # costs a teacher forward over every training photo (about 15 CPU minutes for a pair).
+        soft, teacher = carried["soft"], carried["teacher"]
+    elif cfg.teacher:
+        soft, teacher = teacher_probabilities(cfg.teacher, photos, cfg.split, ham.fingerprint, device)
+    else:
+        soft, teacher = None, None
 
     model = SkinLesionNet(cfg.backbone, cfg.image_size, pretrained=saved is None and not cfg.init,
                           data_config=cfg.data_config)
     if saved is not None:
-        init = (saved.get("provenance") or {}).get("init")
+        init = carried.get("init")
     else:
         init = warm_start(model, cfg.init) if cfg.init else None
     model = model.to(device)
@@ -115,7 +123,7 @@ def run(cfg: TrainConfig, resume: str | Path | None = None) -> ModelCard:
         torch.backends.cudnn.benchmark = True
     resume_path = Path(cfg.out) / RESUME_FILE
     stage1 = train_encoder(model, cfg, photos, labels, val_photos, val_labels, device, checkpoint_to=resume_path,
-                           resume=saved, provenance={"init": init}, soft=soft)
+                           resume=saved, provenance={"init": init, "teacher": teacher, "soft": soft}, soft=soft)
     t1 = time.time() - start
 
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)

@@ -289,6 +289,36 @@ def test_distilled_model_card_lists_its_teacher(trained: tuple[Path, Path, Model
         run(replace(cfg, split_seed=1, out=str(tmp_path / "other")))
 
 
+def test_resumed_distillation_keeps_its_soft_labels(trained: tuple[Path, Path, ModelCard], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distillation killed after its first epoch resumes with the teacher's probabilities it saved:
+    the teacher is run once in all, and the resumed run still learns from it and names it."""
+    import skin_model.training.train as train_module
+
+    data, teacher, teacher_card = trained
+    calls: list[torch.Tensor] = []
+    original = train_module.teacher_probabilities
+
+    def counted(*args, **kwargs):
+        soft, info = original(*args, **kwargs)
+        calls.append(soft)
+        return soft, info
+
+    monkeypatch.setattr(train_module, "teacher_probabilities", counted)
+    out = tmp_path / "student"
+    cfg = TrainConfig(data=str(data), out=str(out), backbone=STUB_BACKBONE, epochs=2, limit=16, views=1,
+                      sequence_steps=2, batch_size=8, device="cpu", teacher=str(teacher), fit_trust=False)
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(_Stop):
+        patch.setattr("skin_model.training.stages.save_resume", save_then_die)
+        run(cfg)
+    saved = load_resume(out)["provenance"]
+    assert len(calls) == 1 and torch.equal(saved["soft"], calls[0])
+    card = run(cfg, resume=out)
+    assert len(calls) == 1
+    assert card.training["resumed"] is True and card.training["teacher"]["sha256"] == teacher_card.sha256
+    assert [h["epoch"] for h in card.training["stage1"]["history"]] == [1, 2]
+
+
 @pytest.mark.slow
 def test_gpu_recipe_script_runs_end_to_end(tmp_path: Path, fake_ham_at) -> None:
     """scripts/gpu_recipe.sh on tiny data (on the CPU here): seeds -> ensemble -> one distilled, calibrated
