@@ -1,11 +1,11 @@
-"""Rebuild the teacher the shipped weights were distilled from: three EfficientNet-Lite0s of
-earlier releases, trained on the same lesion-grouped split, their photo logits averaged.
+"""Rebuild a distillation teacher that costs no training: the three EfficientNet-Lite0s released so
+far, all trained on the same lesion-grouped split, their photo logits averaged.
 
 - the H200-trained 224 px model and the CPU-trained 128 px model of the two-member ensemble
   released at git ae924d2,
-- the CPU-trained 160 px model released at git f00de46 (shipped until the student replaced it).
+- the CPU-trained 160 px model shipped since git f00de46.
 
-Their weights live in this repository's history, so the teacher costs no training:
+Their weights live in this repository's history (validation macro AUC of the three: 0.957):
     python scripts/release_teacher.py runs/teacher
     skin-model train --data ../shared/ham10000 --out runs/student --teacher runs/teacher ...
 """
