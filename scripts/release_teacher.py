@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 from skin_model import constants as C
 from skin_model.data.config import DataConfig
 from skin_model.model import checkpoint
-from skin_model.model.card import MemberCard, ModelCard
+from skin_model.model.card import ModelCard
+from skin_model.model.ensemble import combine
 from skin_model.model.network import SkinLesionNet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,31 +40,25 @@ def from_history(rev: str, name: str, into: Path) -> Path:
 
 
 def build(out: Path) -> ModelCard:
+    """Split the pair into two single models (the card format of their release is no longer read),
+    then `combine` the 224 px model with the 160 px and 128 px ones."""
     with tempfile.TemporaryDirectory() as tmp:
-        single_dir = Path(tmp) / "single"
-        single_dir.mkdir()
+        single = Path(tmp) / "single"
+        single.mkdir()
         for name in (C.WEIGHTS_FILE, C.CARD_FILE):
-            from_history(SINGLE_RELEASE, name, single_dir)
-        single, card = checkpoint.load(single_dir, strict=False)
+            from_history(SINGLE_RELEASE, name, single)
+        data = checkpoint.load(single, strict=False)[1].data
         pair = load_file(str(from_history(PAIR_RELEASE, C.WEIGHTS_FILE, Path(tmp))))
-    net = SkinLesionNet("efficientnet-lite0", 224, pretrained=False, data_config=DataConfig(224),
-                        members=(("efficientnet-lite0", single.data_config), ("efficientnet-lite0", DataConfig(128))))
-    # the pair's main model keeps its place; its one member becomes member 1, after the 160 px model
-    state = {k.replace("members.0.", "members.1.", 1): v for k, v in pair.items()}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if unexpected or any(not k.startswith(("members.0.", "ood_texture")) for k in missing):
-        raise RuntimeError(f"the {PAIR_RELEASE} weights do not fit: unexpected {unexpected[:3]}, missing {missing[:3]}")
-    net.members[0].encoder.load_state_dict(single.encoder.state_dict())
-    net.members[0].photo_head.load_state_dict(single.photo_head.state_dict())
-    net.eval()
-    entries = (MemberCard(backbone="efficientnet-lite0", image_size=single.data_config.image_size,
-                          source_sha256=card.sha256, training={"finished": card.training.get("finished")}),
-               MemberCard(backbone="efficientnet-lite0", image_size=128, training={"release": PAIR_RELEASE}))
-    teacher = ModelCard(name=f"distillation teacher: Lite0 224 px ({PAIR_RELEASE}) + 160 px ({SINGLE_RELEASE}) "
-                             f"+ 128 px ({PAIR_RELEASE})",
-                        architecture="three EfficientNet-Lite0 encoders and photo heads, photo logits averaged",
-                        training={"release": PAIR_RELEASE}, data=card.data, members=entries)
-    return checkpoint.save(net, out, teacher, onnx=False)
+        parts = {224: {k: v for k, v in pair.items() if not k.startswith("members.")},
+                 128: {k[len("members.0."):]: v for k, v in pair.items() if k.startswith("members.0.")}}
+        for size, state in parts.items():
+            net = SkinLesionNet("efficientnet-lite0", size, pretrained=False, data_config=DataConfig(size))
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            if unexpected or any(k.startswith(("encoder.", "photo_head.")) for k in missing):  # what combine takes
+                raise RuntimeError(f"the {PAIR_RELEASE} weights do not fit: {unexpected[:3]} {missing[:3]}")
+            checkpoint.save(net, Path(tmp) / str(size), ModelCard(name=f"Lite0 {size} px ({PAIR_RELEASE})", data=data),
+                            onnx=False)
+        return combine(Path(tmp) / "224", [single, Path(tmp) / "128"], out)[1]
 
 
 if __name__ == "__main__":
