@@ -86,8 +86,9 @@ class SequenceGraph(nn.Module):
         return raw, self.model.calibrated(raw, "sequence").softmax(-1)
 
 
-def _onnx_bytes(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: tuple[str, ...],
-                outputs: tuple[str, ...], dynamic: dict[str, dict[int, str]]) -> bytes:
+def onnx_bytes(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: tuple[str, ...],
+               outputs: tuple[str, ...], dynamic: dict[str, dict[int, str]]) -> bytes:
+    """`module` traced on `inputs` as ONNX bytes (`dynamic`: the axes that may change size)."""
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter: it traces the forward hooks the texture statistics and Grad-CAM use
@@ -111,14 +112,14 @@ def graphs(model: SkinLesionNet) -> tuple[bytes, bytes, bytes | None]:
 
     height, width = model.data_config.input_size
     pixels, meta = torch.zeros(2, 3, height, width), torch.zeros(2, C.META_DIM)
-    photo = _onnx_bytes(PhotoGraph(copy_of()), (pixels, meta), PHOTO_INPUTS, PHOTO_OUTPUTS,
+    photo = onnx_bytes(PhotoGraph(copy_of()), (pixels, meta), PHOTO_INPUTS, PHOTO_OUTPUTS,
                         {name: {0: "photos"} for name in (*PHOTO_INPUTS, *PHOTO_OUTPUTS)})
     served = copy_of()
     with torch.no_grad():
         feats, raw = PhotoGraph(served)(torch.zeros(3, 3, height, width), torch.zeros(3, C.META_DIM))[:2]
-    sequence = _onnx_bytes(SequenceGraph(served), (feats, raw), SEQUENCE_INPUTS, SEQUENCE_OUTPUTS,
+    sequence = onnx_bytes(SequenceGraph(served), (feats, raw), SEQUENCE_INPUTS, SEQUENCE_OUTPUTS,
                            {name: {0: "photos"} for name in SEQUENCE_INPUTS})
-    heatmap = _onnx_bytes(HeatmapGraph(copy_of()), (pixels, meta), PHOTO_INPUTS, HEATMAP_OUTPUTS,
+    heatmap = onnx_bytes(HeatmapGraph(copy_of()), (pixels, meta), PHOTO_INPUTS, HEATMAP_OUTPUTS,
                           {name: {0: "photos"} for name in (*PHOTO_INPUTS, *HEATMAP_OUTPUTS)}
                           ) if model.closed_form_heatmaps else None
     return photo, sequence, heatmap

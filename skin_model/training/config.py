@@ -18,7 +18,9 @@ class TrainConfig:
     `progressive` is the share of stage 1 (by schedule progress) trained at `progressive_scale` of the
     input's height and width, the rest at full size. `logit_adjust` (tau) trains on the logits plus
     tau * log of the class frequencies the sampler draws (logit-adjusted loss, Menon et al. 2021):
-    the rarer a class in the batches, the larger the margin its photos must win by."""
+    the rarer a class in the batches, the larger the margin its photos must win by. `distil_same_view`
+    has the `teacher` label every augmented view the student trains on, instead of each photo's full
+    frame once (`training/teacher.py`)."""
 
     data: str | None = None
     out: str = "weights"
@@ -51,6 +53,7 @@ class TrainConfig:
     split_seed: int | None = None
     teacher: str | None = None
     distil_weight: float = 0.5
+    distil_same_view: bool = False
     fit_trust: bool = True
 
     @property

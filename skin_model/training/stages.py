@@ -33,6 +33,7 @@ from skin_model.metrics import classification_report
 from skin_model.model.backbones import early_layers
 from skin_model.model.network import SkinLesionNet
 from skin_model.training.config import TrainConfig
+from skin_model.training.teacher import ViewTeacher
 
 
 def seed_everything(seed: int) -> None:
@@ -257,18 +258,22 @@ def cache_prefix(model: SkinLesionNet, photos: torch.Tensor, n_blocks: int, view
 def train_step(model: SkinLesionNet, opt: torch.optim.Optimizer, loss_fn: nn.Module, photos: torch.Tensor,
                y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, device: torch.device,
                soft: torch.Tensor | None = None, prefix_blocks: int = 0,
-               size: tuple[int, int] | None = None) -> float:
+               size: tuple[int, int] | None = None, teacher: ViewTeacher | None = None) -> float:
     """One optimiser step on a batch of uint8 photos: augment (to `size`, by default the model's
     input), mix (if asked), forward, backward.
 
     `soft` holds a teacher's probabilities for the photos (distillation): the loss is then
-    `distil_weight` of cross-entropy against them and the rest against the labels.
+    `distil_weight` of cross-entropy against them and the rest against the labels. A `teacher`
+    gives them instead for the very view this step draws (consistent distillation).
     With `prefix_blocks` > 0 `photos` are `cache_prefix` outputs of already augmented views, and only
     the network after that prefix runs."""
     if prefix_blocks:
         x = photos.to(device).float()
     else:
+        drawn_from = gen.get_state()
         x = augment_batch(photos, size or model.data_config.input_size, gen)
+        if teacher is not None:
+            soft = teacher.probabilities(photos, drawn_from)
     perm, lam = None, 1.0
     if cfg.mixup and torch.rand(1, device=device, generator=gen).item() < cfg.mixup:
         x, perm, lam = mix(x, gen)
@@ -295,13 +300,15 @@ def train_step(model: SkinLesionNet, opt: torch.optim.Optimizer, loss_fn: nn.Mod
 def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, labels: np.ndarray,
                   val_photos: torch.Tensor, val_labels: np.ndarray, device: torch.device,
                   checkpoint_to: Path | None = None, resume: dict[str, Any] | None = None,
-                  provenance: dict[str, Any] | None = None, soft: torch.Tensor | None = None) -> dict[str, Any]:
+                  provenance: dict[str, Any] | None = None, soft: torch.Tensor | None = None,
+                  teacher: ViewTeacher | None = None) -> dict[str, Any]:
     """Stage 1: fine-tune encoder + photo head on augmented batches drawn with class-rebalanced
     sampling; keep the epoch with the best validation balanced accuracy + macro AUC.
 
     With `cfg.ema` (a decay such as 0.99) an exponential moving average of the weights is
     what gets scored and kept: it smooths the last steps' noise at no training cost.
-    `soft`: a teacher's probabilities for each training photo (see `train_step`).
+    `soft`: a teacher's probabilities for each training photo, or `teacher`: one that labels each
+    training view (see `train_step`).
     After every epoch the whole state (weights, optimiser, schedule, random generators,
     best epoch so far, and `provenance`: the warm start, a teacher and its soft labels) goes
     to `checkpoint_to`;
@@ -310,6 +317,8 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
     with `cfg.progressive` the input size follows `input_size_at`."""
     if cfg.cached_views and cfg.freeze_blocks < 1:
         raise ValueError("a cached prefix needs frozen blocks to cache: give --freeze-blocks 1 or more")
+    if cfg.cached_views and teacher is not None:
+        raise ValueError("a teacher that labels each view needs the photos, not a cached prefix: drop --cached-views")
     if cfg.cached_views and cfg.progressive:
         raise ValueError("a cached prefix holds views of one size: it cannot be combined with --progressive")
     if not 0.0 <= cfg.progressive <= 1.0 or not 0.0 < cfg.progressive_scale <= 1.0:
@@ -366,7 +375,7 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
                 batch = bank[idx]
             total += train_step(model, opt, loss_fn, batch, y_all[idx], cfg, gen, device,
                                 soft=soft_all[idx] if soft_all is not None else None, prefix_blocks=prefix_blocks,
-                                size=input_size_at(cfg, schedule.progress))
+                                size=input_size_at(cfg, schedule.progress), teacher=teacher)
             if ema is not None:
                 ema.update_parameters(model)
             seen += len(idx)

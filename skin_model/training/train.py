@@ -39,6 +39,7 @@ from skin_model.training.stages import (
     train_encoder,
     train_sequence,
 )
+from skin_model.training.teacher import ViewTeacher
 
 
 def hardware() -> str:
@@ -61,11 +62,9 @@ def warm_start(model: SkinLesionNet, weights: str | Path) -> dict[str, Any]:
     return {"weights": str(weights), "sha256": card.sha256, "name": card.name, "tensors": len(taken)}
 
 
-def teacher_probabilities(teacher: str | Path, photos: torch.Tensor, split: int, fingerprint: str,
-                          device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
-    """A trained model's (often an ensemble's) probabilities for every training photo, computed
-    once on the inference view: the soft labels a single student learns from. The teacher must
-    have been trained on the same split, or the student would learn from test photos' neighbours."""
+def load_teacher(teacher: str | Path, split: int, fingerprint: str) -> tuple[SkinLesionNet, dict[str, Any]]:
+    """A distillation teacher and what the card records of it. The teacher must have been trained
+    on the same split, or the student would learn from test photos' neighbours."""
     model, card = checkpoint.load(teacher, strict=False)
     if card.data.metadata_md5 != fingerprint:
         raise ValueError(f"the teacher {teacher} was trained on another copy of the data (metadata md5 "
@@ -73,12 +72,32 @@ def teacher_probabilities(teacher: str | Path, photos: torch.Tensor, split: int,
     if card.data.split != split_description(split):
         raise ValueError(f"the teacher {teacher} was trained on another split "
                          f"({card.data.split}) than this run ({split_description(split)})")
-    model.to(device)
-    logits = photo_logits_of(model, features_of(model, photos, device), device)
     info = {"weights": str(teacher), "sha256": card.sha256, "name": card.name, "architecture": card.architecture,
             "members": [{"backbone": m.backbone, "image_size": m.data_config.image_size,
                          "input_height": m.data_config.input_height} for m in (model, *model.members)]}
+    return model, info
+
+
+def teacher_probabilities(teacher: str | Path, photos: torch.Tensor, split: int, fingerprint: str,
+                          device: torch.device) -> tuple[torch.Tensor, dict[str, Any]]:
+    """A trained model's (often an ensemble's) probabilities for every training photo, computed
+    once on the inference view: the soft labels a single student learns from."""
+    model, info = load_teacher(teacher, split, fingerprint)
+    model.to(device)
+    logits = photo_logits_of(model, features_of(model, photos, device), device)
     return torch.as_tensor(logits).softmax(-1), info
+
+
+def view_teacher(teacher: str | Path, split: int, fingerprint: str,
+                 saved: dict[str, Any] | None) -> tuple[ViewTeacher, dict[str, Any]]:
+    """A teacher that labels each training view (`--distil-same-view`); a resumed run must find
+    the very teacher it started with."""
+    model, info = load_teacher(teacher, split, fingerprint)
+    if saved is not None and saved["sha256"] != info["sha256"]:
+        raise ValueError(f"the teacher {teacher} changed since this run started (sha256 {info['sha256']}, "
+                         f"was {saved['sha256']})")
+    labeller = ViewTeacher(model)
+    return labeller, {**info, **labeller.describe()}
 
 
 def run(cfg: TrainConfig, resume: str | Path | None = None) -> ModelCard:
@@ -91,6 +110,8 @@ def run(cfg: TrainConfig, resume: str | Path | None = None) -> ModelCard:
     saved = load_resume(resume) if resume is not None else None
     if saved is not None:
         cfg = TrainConfig(**{**saved["config"], "out": str(resume)})
+    if cfg.distil_same_view and not cfg.teacher:
+        raise ValueError("--distil-same-view needs a --teacher to label the views")
     start = time.time()
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
@@ -101,7 +122,11 @@ def run(cfg: TrainConfig, resume: str | Path | None = None) -> ModelCard:
     size = cfg.data_config.input_size
     photos, val_photos = preload(list(train_t.path), size), preload(list(val_t.path), size)
     carried = (saved or {}).get("provenance") or {}
-    if cfg.teacher and carried.get("soft") is not None:
+    labeller = None
+    if cfg.teacher and cfg.distil_same_view:
+        soft = None
+        labeller, teacher = view_teacher(cfg.teacher, cfg.split, ham.fingerprint, carried.get("teacher"))
+    elif cfg.teacher and carried.get("soft") is not None:
         # A resumed distillation keeps the soft labels it started with: computing them again
         # costs a teacher forward over every training photo (about 15 CPU minutes for a pair).
         soft, teacher = carried["soft"], carried["teacher"]
@@ -123,7 +148,8 @@ def run(cfg: TrainConfig, resume: str | Path | None = None) -> ModelCard:
         torch.backends.cudnn.benchmark = True
     resume_path = Path(cfg.out) / RESUME_FILE
     stage1 = train_encoder(model, cfg, photos, labels, val_photos, val_labels, device, checkpoint_to=resume_path,
-                           resume=saved, provenance={"init": init, "teacher": teacher, "soft": soft}, soft=soft)
+                           resume=saved, provenance={"init": init, "teacher": teacher, "soft": soft}, soft=soft,
+                           teacher=labeller)
     t1 = time.time() - start
 
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)

@@ -31,7 +31,7 @@ from skin_model.training.stages import (
     train_encoder,
     train_step,
 )
-from skin_model.training.train import run, warm_start
+from skin_model.training.train import run, view_teacher, warm_start
 
 
 @pytest.fixture(scope="module")
@@ -317,6 +317,34 @@ def test_resumed_distillation_keeps_its_soft_labels(trained: tuple[Path, Path, M
     assert len(calls) == 1
     assert card.training["resumed"] is True and card.training["teacher"]["sha256"] == teacher_card.sha256
     assert [h["epoch"] for h in card.training["stage1"]["history"]] == [1, 2]
+
+
+def test_same_view_distillation_resumes_with_its_teacher(trained: tuple[Path, Path, ModelCard], tmp_path: Path) -> None:
+    """--distil-same-view: the card records a teacher that labelled each view at its own input size; a
+    killed run resumes with the same teacher, refuses a changed one, and the option needs a teacher and
+    the photos themselves (no cached prefix)."""
+    data, teacher, teacher_card = trained
+    out = tmp_path / "student"
+    cfg = TrainConfig(data=str(data), out=str(out), backbone=STUB_BACKBONE, epochs=2, limit=16, views=1,
+                      sequence_steps=2, batch_size=8, device="cpu", teacher=str(teacher), distil_same_view=True,
+                      fit_trust=False)
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(_Stop):
+        patch.setattr("skin_model.training.stages.save_resume", save_then_die)
+        run(cfg)
+    saved = load_resume(out)["provenance"]
+    assert saved["soft"] is None and saved["teacher"]["same_view"] is True
+    card = run(cfg, resume=out)
+    recorded = card.training["teacher"]
+    assert recorded["sha256"] == teacher_card.sha256 and recorded["same_view"] is True
+    assert recorded["input_sizes"] == [list(teacher_card.data_config.input_size)]
+    assert card.training["resumed"] is True and [h["epoch"] for h in card.training["stage1"]["history"]] == [1, 2]
+    fingerprint = load_ham10000(data).fingerprint
+    with pytest.raises(ValueError, match="changed since this run started"):
+        view_teacher(teacher, 0, fingerprint, {**saved["teacher"], "sha256": "0" * 64})
+    with pytest.raises(ValueError, match="needs a --teacher"):
+        run(replace(cfg, teacher=None, out=str(tmp_path / "alone")))
+    with pytest.raises(ValueError, match="cached prefix"):
+        run(replace(cfg, cached_views=2, freeze_blocks=1, out=str(tmp_path / "cached")))
 
 
 @pytest.mark.slow
