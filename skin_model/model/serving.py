@@ -113,13 +113,13 @@ def graphs(model: SkinLesionNet) -> tuple[bytes, bytes, bytes | None]:
     height, width = model.data_config.input_size
     pixels, meta = torch.zeros(2, 3, height, width), torch.zeros(2, C.META_DIM)
     photo = onnx_bytes(PhotoGraph(copy_of()), (pixels, meta), PHOTO_INPUTS, PHOTO_OUTPUTS,
-                        {name: {0: "photos"} for name in (*PHOTO_INPUTS, *PHOTO_OUTPUTS)})
+                       {name: {0: "photos"} for name in (*PHOTO_INPUTS, *PHOTO_OUTPUTS)})
     served = copy_of()
     with torch.no_grad():
         feats, raw = PhotoGraph(served)(torch.zeros(3, 3, height, width), torch.zeros(3, C.META_DIM))[:2]
     sequence = onnx_bytes(SequenceGraph(served), (feats, raw), SEQUENCE_INPUTS, SEQUENCE_OUTPUTS,
-                           {name: {0: "photos"} for name in SEQUENCE_INPUTS})
+                          {name: {0: "photos"} for name in SEQUENCE_INPUTS})
     heatmap = onnx_bytes(HeatmapGraph(copy_of()), (pixels, meta), PHOTO_INPUTS, HEATMAP_OUTPUTS,
-                          {name: {0: "photos"} for name in (*PHOTO_INPUTS, *HEATMAP_OUTPUTS)}
-                          ) if model.closed_form_heatmaps else None
+                         {name: {0: "photos"} for name in (*PHOTO_INPUTS, *HEATMAP_OUTPUTS)}
+                         ) if model.closed_form_heatmaps else None
     return photo, sequence, heatmap
