@@ -270,7 +270,7 @@ def train_step(model: SkinLesionNet, opt: torch.optim.Optimizer, loss_fn: nn.Mod
     if prefix_blocks:
         x = photos.to(device).float()
     else:
-        drawn_from = gen.get_state()
+        drawn_from = gen.get_state() if teacher is not None else None
         x = augment_batch(photos, size or model.data_config.input_size, gen)
         if teacher is not None:
             soft = teacher.probabilities(photos, drawn_from)

@@ -41,11 +41,11 @@ class ViewTeacher:
     views `augment_batch` draws: the mean of its parts' raw photo logits, softened by a softmax,
     as the full-frame soft labels are."""
 
-    def __init__(self, model: SkinLesionNet, threads: int | None = None) -> None:
+    def __init__(self, model: SkinLesionNet) -> None:
         parts = [(model.encoder, model.photo_head, model.data_config),
                  *((m.encoder, m.photo_head, m.data_config) for m in model.members)]
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = torch.get_num_threads()  # the threads torch trains with
         self.sizes: list[tuple[int, int]] = []
         self.sessions: list[ort.InferenceSession] = []
         for encoder, head, config in parts:
