@@ -5,8 +5,9 @@ far, all trained on the same lesion-grouped split, their photo logits averaged.
   released at git ae924d2,
 - the CPU-trained 160 px model shipped since git f00de46.
 
-Their weights live in this repository's history (validation macro AUC of the three: 0.957):
-    python scripts/release_teacher.py runs/teacher
+Their weights live in this repository's history (validation macro AUC of the three: 0.957).
+Further weights folders given after the output (the shipped `weights`, say) join as members:
+    python scripts/release_teacher.py runs/teacher [weights ...]
     skin-model train --data ../shared/ham10000 --out runs/student --teacher runs/teacher ...
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -39,9 +41,9 @@ def from_history(rev: str, name: str, into: Path) -> Path:
     return into / name
 
 
-def build(out: Path) -> ModelCard:
+def build(out: Path, extra: Sequence[Path] = ()) -> ModelCard:
     """Split the pair into two single models (the card format of their release is no longer read),
-    then `combine` the 224 px model with the 160 px and 128 px ones."""
+    then `combine` the 224 px model with the 160 px and 128 px ones and any `extra` folders."""
     with tempfile.TemporaryDirectory() as tmp:
         single = Path(tmp) / "single"
         single.mkdir()
@@ -58,10 +60,10 @@ def build(out: Path) -> ModelCard:
                 raise RuntimeError(f"the {PAIR_RELEASE} weights do not fit: {unexpected[:3]} {missing[:3]}")
             checkpoint.save(net, Path(tmp) / str(size), ModelCard(name=f"Lite0 {size} px ({PAIR_RELEASE})", data=data),
                             onnx=False)
-        return combine(Path(tmp) / "224", [single, Path(tmp) / "128"], out)[1]
+        return combine(Path(tmp) / "224", [single, Path(tmp) / "128", *extra], out)[1]
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2:
         sys.exit(__doc__)
-    print(build(Path(sys.argv[1])).name)
+    print(build(Path(sys.argv[1]), [Path(a) for a in sys.argv[2:]]).name)

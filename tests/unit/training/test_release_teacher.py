@@ -45,3 +45,22 @@ def test_teacher_holds_the_released_weights_at_their_own_inputs(tmp_path: Path) 
             keys = [k for k in source if k.startswith(part)]
             assert keys
             assert all(torch.equal(state[prefix + k], source[k]) for k in keys), prefix + part
+
+
+@pytest.mark.slow
+def test_further_weights_join_the_teacher_as_members(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import release_teacher
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    _released(release_teacher.PAIR_RELEASE)
+    shipped, shipped_card = checkpoint.load(REPO / "weights", strict=False)
+    release_teacher.build(tmp_path / "teacher", [REPO / "weights"])
+    model, _ = checkpoint.load(tmp_path / "teacher", strict=False)
+    assert [m.data_config.input_size for m in (model, *model.members)] == [
+        (224, 224), (160, 160), (128, 128), shipped.data_config.input_size]
+    last = model.members[-1]
+    for part, source in ((last.encoder, shipped.encoder), (last.photo_head, shipped.photo_head)):
+        theirs = source.state_dict()
+        assert all(torch.equal(v, theirs[k]) for k, v in part.state_dict().items())
