@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -25,13 +26,19 @@ def _released(rev: str) -> dict[str, torch.Tensor]:
     return load(done.stdout)
 
 
-@pytest.mark.slow
-def test_teacher_holds_the_released_weights_at_their_own_inputs(tmp_path: Path) -> None:
+def _script() -> ModuleType:
+    """scripts/release_teacher.py, imported as a module."""
     sys.path.insert(0, str(REPO / "scripts"))
     try:
         import release_teacher
     finally:
         sys.path.remove(str(REPO / "scripts"))
+    return release_teacher
+
+
+@pytest.mark.slow
+def test_teacher_holds_the_released_weights_at_their_own_inputs(tmp_path: Path) -> None:
+    release_teacher = _script()
     pair, single = _released(release_teacher.PAIR_RELEASE), _released(release_teacher.SINGLE_RELEASE)
     card = release_teacher.build(tmp_path / "teacher")
     model, loaded = checkpoint.load(tmp_path / "teacher", strict=False)
@@ -49,13 +56,9 @@ def test_teacher_holds_the_released_weights_at_their_own_inputs(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_further_weights_join_the_teacher_as_members(tmp_path: Path) -> None:
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import release_teacher
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    release_teacher = _script()
     _released(release_teacher.PAIR_RELEASE)
-    shipped, shipped_card = checkpoint.load(REPO / "weights", strict=False)
+    shipped, _ = checkpoint.load(REPO / "weights", strict=False)
     release_teacher.build(tmp_path / "teacher", [REPO / "weights"])
     model, _ = checkpoint.load(tmp_path / "teacher", strict=False)
     assert [m.data_config.input_size for m in (model, *model.members)] == [
