@@ -156,15 +156,26 @@ def _fit_on(model, table: pd.DataFrame, logits: np.ndarray) -> dict:
     return trust._fit_sequence(model, table, feats, logits, np.ones(len(CLASSES)), min_lesions=1)
 
 
+def _agreeing(label: int) -> list[list[float]]:
+    """Two photos that agree on `label`: every pooling gives the same answer."""
+    row = np.zeros(len(CLASSES))
+    row[label] = 2.0
+    return [row.tolist(), (row * 0.5).tolist()]
+
+
+def _clear_and_blurred(label: int, wrong: int, blurred_photos: int, clear_at: int) -> list[list[float]]:
+    """One confident photo of `label` at position `clear_at` among `blurred_photos` mildly confident ones of
+    `wrong`: the plain mean follows the blurred majority, a sharp pooling the clear photo."""
+    clear, blurred = np.zeros(len(CLASSES)), np.zeros(len(CLASSES))
+    clear[label], blurred[wrong] = 3.0, 2.0
+    photos = [blurred.tolist()] * blurred_photos
+    return photos[:clear_at] + [clear.tolist()] + photos[clear_at:]
+
+
 def test_sequence_fit_favours_the_clear_photo_when_that_helps(tiny_model) -> None:
     # every lesion: one confident, correct photo and two mildly wrong ones that outvote it on average
-    logits, labels = [], []
-    for i in range(40):
-        label, wrong = i % len(CLASSES), (i + 1) % len(CLASSES)
-        clear, blurred = np.zeros(len(CLASSES)), np.zeros(len(CLASSES))
-        clear[label], blurred[wrong] = 3.0, 2.0
-        logits.append([blurred.tolist(), clear.tolist(), blurred.tolist()])
-        labels.append(label)
+    labels = [i % len(CLASSES) for i in range(40)]
+    logits = [_clear_and_blurred(label, (label + 1) % len(CLASSES), 2, 1) for label in labels]
     table, flat = _lesions(logits, labels)
     fit = _fit_on(tiny_model, table, flat)
     assert fit["sharpness"] > 0 and fit["val_balanced_accuracy"] == 1.0
@@ -174,14 +185,8 @@ def test_sequence_fit_favours_the_clear_photo_when_that_helps(tiny_model) -> Non
 
 def test_sequence_fit_keeps_the_plain_mean_when_nothing_is_gained(tiny_model) -> None:
     # photos that agree: every pooling gives the same answers, so the simplest one is kept
-    logits, labels = [], []
-    for i in range(40):
-        label = i % len(CLASSES)
-        row = np.zeros(len(CLASSES))
-        row[label] = 2.0
-        logits.append([row.tolist(), (row * 0.5).tolist()])
-        labels.append(label)
-    table, flat = _lesions(logits, labels)
+    labels = [i % len(CLASSES) for i in range(40)]
+    table, flat = _lesions([_agreeing(label) for label in labels], labels)
     fit = _fit_on(tiny_model, table, flat)
     assert (fit["sharpness"], fit["mix"]) == (0.0, 0.0)
 
@@ -189,19 +194,11 @@ def test_sequence_fit_keeps_the_plain_mean_when_nothing_is_gained(tiny_model) ->
 def test_sequence_fit_keeps_the_plain_mean_against_a_gain_within_noise(tiny_model) -> None:
     # 200 lesions every pooling gets right, 3 where favouring the clear photo helps and 1 where it hurts:
     # a higher validation score for sharpness > 0, but one that resampling the lesions often reverses
-    logits, labels = [], []
-    for i in range(200):
-        label = i % len(CLASSES)
-        row = np.zeros(len(CLASSES))
-        row[label] = 2.0
-        logits.append([row.tolist(), (row * 0.5).tolist()])
-        labels.append(label)
+    labels = [i % len(CLASSES) for i in range(200)]
+    logits = [_agreeing(label) for label in labels]
     for i in range(4):
         label, wrong = i % len(CLASSES), (i + 1) % len(CLASSES)
-        clear, blurred = np.zeros(len(CLASSES)), np.zeros(len(CLASSES))
-        clear[label], blurred[wrong] = 3.0, 2.0
-        sharp_wins = [blurred.tolist(), clear.tolist(), blurred.tolist()]
-        logits.append(sharp_wins if i < 3 else [clear.tolist(), blurred.tolist(), blurred.tolist(), blurred.tolist()])
+        logits.append(_clear_and_blurred(label, wrong, 2, 1) if i < 3 else _clear_and_blurred(label, wrong, 3, 0))
         labels.append(label if i < 3 else wrong)
     table, flat = _lesions(logits, labels)
     fit = _fit_on(tiny_model, table, flat)
