@@ -20,7 +20,9 @@ class TrainConfig:
     tau * log of the class frequencies the sampler draws (logit-adjusted loss, Menon et al. 2021):
     the rarer a class in the batches, the larger the margin its photos must win by. `distil_same_view`
     has the `teacher` label every augmented view the student trains on, instead of each photo's full
-    frame once (`training/teacher.py`)."""
+    frame once (`training/teacher.py`). `malignant_weight` adds that much of a malignant-versus-benign
+    cross-entropy on the summed class probabilities (`stages.malignant_loss`), the score the triage
+    flag thresholds."""
 
     data: str | None = None
     out: str = "weights"
@@ -41,6 +43,7 @@ class TrainConfig:
     progressive: float = 0.0
     progressive_scale: float = 0.7
     logit_adjust: float = 0.0
+    malignant_weight: float = 0.0
     sequence_steps: int = 2000
     seed: int = 0
     limit: int | None = None

@@ -27,7 +27,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from skin_model import engine
-from skin_model.constants import CLASSES, IMAGE_SIZE, MAX_SEQUENCE
+from skin_model.constants import CLASSES, IMAGE_SIZE, MALIGNANT, MAX_SEQUENCE
 from skin_model.data.transforms import augment_batch
 from skin_model.metrics import classification_report
 from skin_model.model.backbones import early_layers
@@ -159,6 +159,23 @@ class LogitAdjustedLoss(nn.Module):
         return self.ce(logits.float() + self.offset, target)
 
 
+_MALIGNANT_MASK = torch.tensor([name in MALIGNANT for name in CLASSES])
+
+
+def malignant_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of malignant (akiec + bcc + mel) against benign, on the summed class
+    probabilities: the very score the triage thresholds. Cross-entropy over seven classes charges
+    calling a melanoma a basal cell carcinoma as much as calling it a nevus; this term charges only
+    the mistakes that cross the triage's line, computed in log space so it never takes log(0)."""
+    logits = logits.float()
+    mask = _MALIGNANT_MASK.to(logits.device)
+    total = logits.logsumexp(-1)
+    log_malignant = logits.masked_fill(~mask, -math.inf).logsumexp(-1) - total
+    log_benign = logits.masked_fill(mask, -math.inf).logsumexp(-1) - total
+    is_malignant = mask[target]
+    return -torch.where(is_malignant, log_malignant, log_benign).mean()
+
+
 def input_size_at(cfg: TrainConfig, progress: float) -> tuple[int, int]:
     """The training input's (height, width) at this point of stage 1 (0 to 1): with progressive
     resizing the first `cfg.progressive` of the run is at `cfg.progressive_scale` of the size (in
@@ -263,7 +280,8 @@ def train_step(model: SkinLesionNet, opt: torch.optim.Optimizer, loss_fn: nn.Mod
     input), mix (if asked), forward, backward.
 
     `soft` holds a teacher's probabilities for the photos (distillation): the loss is then
-    `distil_weight` of cross-entropy against them and the rest against the labels. A `teacher`
+    `distil_weight` of cross-entropy against them and the rest against the labels. With
+    `malignant_weight` that much of `malignant_loss` against the labels is added. A `teacher`
     gives them instead for the very view this step draws (consistent distillation).
     With `prefix_blocks` > 0 `photos` are `cache_prefix` outputs of already augmented views, and only
     the network after that prefix runs."""
@@ -279,12 +297,14 @@ def train_step(model: SkinLesionNet, opt: torch.optim.Optimizer, loss_fn: nn.Mod
         x, perm, lam = mix(x, gen)
 
     def loss_of(logits: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
-        hard = loss_fn(logits, y if order is None else y[order])
+        labels = y if order is None else y[order]
+        hard = loss_fn(logits, labels)
+        triage = cfg.malignant_weight * malignant_loss(logits, labels) if cfg.malignant_weight else 0.0
         if soft is None:
-            return hard
+            return hard + triage
         target = soft if order is None else soft[order]
         distilled = -(target * logits.float().log_softmax(-1)).sum(-1).mean()
-        return (1 - cfg.distil_weight) * hard + cfg.distil_weight * distilled
+        return (1 - cfg.distil_weight) * hard + cfg.distil_weight * distilled + triage
 
     with _autocast(device, cfg.cpu_bf16):
         x = _to_device_batch(x, device, cfg.channels_last)

@@ -1,18 +1,21 @@
-"""Two levers of the CPU recipe: progressive resizing (`--progressive`) and the logit-adjusted
-loss (`--logit-adjust`). Each must do what its name says inside a real training run, or the
+"""Levers of the CPU recipe: progressive resizing (`--progressive`), the logit-adjusted loss
+(`--logit-adjust`) and the malignant-versus-benign term (`--malignant-weight`). Each must do what its name says inside a real training run, or the
 ablation would measure a lever that is not there."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from skin_model.constants import CLASSES
+from skin_model.constants import CLASSES, MALIGNANT
 from skin_model.model.network import SkinLesionNet
+from skin_model.training import stages
 from skin_model.training.config import TrainConfig
-from skin_model.training.stages import LogitAdjustedLoss, input_size_at, train_encoder
+from skin_model.training.stages import LogitAdjustedLoss, input_size_at, malignant_loss, train_encoder, train_step
 
 PRIOR = np.array([50.0, 30.0, 10.0, 5.0, 3.0, 1.0, 1.0])
 
@@ -81,3 +84,62 @@ def test_progressive_cannot_use_a_cached_prefix(tiny_model: SkinLesionNet) -> No
     cfg = TrainConfig(epochs=1, batch_size=4, device="cpu", freeze_blocks=2, cached_views=2, progressive=0.5)
     with pytest.raises(ValueError, match="cannot be combined with --progressive"):
         train_encoder(tiny_model, cfg, photos, labels, photos, labels, torch.device("cpu"))
+
+
+MALIGNANT_INDEX = [CLASSES.index(name) for name in sorted(MALIGNANT)]
+
+
+def test_malignant_loss_is_the_cross_entropy_of_the_triage_score() -> None:
+    """It is the binary cross-entropy of the summed malignant probability, and stays finite where
+    that probability rounds to 0 or 1 in float32."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(32, 7) * 3, torch.randint(0, 7, (32,))
+    p_malignant = logits.softmax(-1)[:, MALIGNANT_INDEX].sum(-1).double()
+    is_malignant = torch.tensor([CLASSES[t] in MALIGNANT for t in target])
+    expected = -torch.where(is_malignant, p_malignant.log(), (1 - p_malignant).log()).mean()
+    torch.testing.assert_close(malignant_loss(logits, target).double(), expected, rtol=1e-5, atol=1e-6)
+
+    sure_benign = torch.full((1, 7), -200.0)
+    sure_benign[0, CLASSES.index("nv")] = 200.0
+    melanoma = torch.tensor([CLASSES.index("mel")])
+    assert torch.isfinite(malignant_loss(sure_benign, melanoma)) and malignant_loss(sure_benign, melanoma) > 300
+
+
+def test_malignant_loss_charges_only_mistakes_across_the_triage_line() -> None:
+    """For a melanoma, mass moved from melanoma to basal cell carcinoma costs nothing (both are
+    referred); the same mass moved to nevus does."""
+    melanoma = torch.tensor([CLASSES.index("mel")])
+    base = torch.zeros(1, 7)
+    base[0, CLASSES.index("mel")] = 2.0
+    to_bcc, to_nevus = base.clone(), base.clone()
+    to_bcc[0, CLASSES.index("mel")], to_bcc[0, CLASSES.index("bcc")] = 0.0, 2.0
+    to_nevus[0, CLASSES.index("mel")], to_nevus[0, CLASSES.index("nv")] = 0.0, 2.0
+    torch.testing.assert_close(malignant_loss(to_bcc, melanoma), malignant_loss(base, melanoma))
+    assert malignant_loss(to_nevus, melanoma) > malignant_loss(base, melanoma) + 0.5
+
+
+def test_training_step_adds_the_weighted_malignant_term(tiny_model: SkinLesionNet,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same step, on the same batch and random draws, with `malignant_weight` 0.5 and 0: the
+    losses differ by half the malignant term of that step's logits (with distillation on, too)."""
+    photos = torch.randint(0, 256, (8, 3, 48, 64), dtype=torch.uint8)
+    labels = torch.arange(8) % len(CLASSES)
+    soft = torch.full((8, 7), 1 / 7)
+    terms: list[float] = []
+
+    def recorded(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        value = malignant_loss(logits, target)
+        terms.append(value.item())
+        return value
+
+    monkeypatch.setattr(stages, "malignant_loss", recorded)
+    losses = []
+    for weight in (0.5, 0.0):
+        model = copy.deepcopy(tiny_model).train()
+        cfg = TrainConfig(malignant_weight=weight, distil_weight=0.5, device="cpu")
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        torch.manual_seed(0)
+        losses.append(train_step(model, opt, nn.CrossEntropyLoss(), photos, labels, cfg,
+                                 torch.Generator().manual_seed(0), torch.device("cpu"), soft=soft))
+    assert len(terms) == 1 and terms[0] > 0  # weight 0 never computes it
+    assert losses[0] - losses[1] == pytest.approx(0.5 * terms[0], rel=1e-4)
