@@ -102,11 +102,19 @@ def _rates(flag: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 
 def threshold_for(p_malignant: np.ndarray, truth: np.ndarray, target: float = TARGET_SENSITIVITY) -> float:
-    """The highest threshold that still flags at least `target` of the malignant rows."""
-    pos = np.sort(np.asarray(p_malignant)[np.asarray(truth, dtype=bool)])[::-1]
+    """A threshold that flags the fewest rows while still flagging at least `target` of the
+    malignant ones, placed halfway between the lowest score it flags and the highest it does not.
+
+    The scores a refit computes differ in the last bits from one CPU to another; a threshold equal to
+    one validation photo's score would flag or miss that photo depending on the machine, and with it
+    the sensitivity the card quotes. Halfway, every validation photo is on the same side everywhere."""
+    p, truth = np.asarray(p_malignant, dtype=np.float64), np.asarray(truth, dtype=bool)
+    pos = np.sort(p[truth])[::-1]
     if len(pos) == 0:
         raise ValueError("no malignant photos to choose a triage threshold on")
-    return float(pos[max(0, math.ceil(target * len(pos)) - 1)])
+    lowest_flagged = pos[max(0, math.ceil(target * len(pos)) - 1)]
+    below = p[p < lowest_flagged]
+    return float((lowest_flagged + below.max()) / 2) if len(below) else float(lowest_flagged)
 
 
 def operating_point(p_malignant: np.ndarray, truth: np.ndarray, threshold: float, groups: np.ndarray | None = None,

@@ -29,8 +29,13 @@ def test_threshold_flags_at_least_the_target_share_of_malignant_rows() -> None:
     for target in (0.8, 0.9, 0.95):
         t = triage.threshold_for(p, truth, target)
         assert (p[truth] >= t).mean() >= target
-        # the highest such threshold: any higher one misses the target
-        assert (p[truth] > t).mean() < target
+        # the fewest flags: raised past the lowest flagged score, it misses the target
+        assert (p[truth] > p[p >= t].min()).mean() < target
+        # halfway between two scores: a change in the last bits of every score moves no flag
+        gap = min(p[p >= t].min() - t, t - p[p < t].max())
+        assert gap > 1e-6
+        for nudge in (-1e-7, 1e-7):
+            np.testing.assert_array_equal(p + nudge >= t, p >= t)
     with pytest.raises(ValueError, match="no malignant"):
         triage.threshold_for(p, np.zeros(500, bool))
 
