@@ -144,8 +144,8 @@ def operating_point(p_malignant: np.ndarray, truth: np.ndarray, threshold: float
 
 def fit(p_by_framing: Mapping[str, np.ndarray], truth: np.ndarray, groups: np.ndarray, malignant: Sequence[str],
         target: float = TARGET_SENSITIVITY, primary: str = "full") -> tuple[TriageRule, dict[str, Any]]:
-    """Choose the threshold on validation: the highest one at which every framing flags at
-    least `target` of the malignant photos (a user's tight crop must not lose sensitivity).
+    """Choose the threshold on validation: the one flagging the fewest photos while every framing
+    flags at least `target` of the malignant ones (a user's tight crop must not lose sensitivity).
     Returns the rule and the validation figures of each framing."""
     threshold = min(threshold_for(p, truth, target) for p in p_by_framing.values())
     figures = {name: operating_point(p, truth, threshold, groups) for name, p in p_by_framing.items()}
@@ -166,12 +166,12 @@ MIN_SEQUENCE_POSITIVES = 20
 
 def fit_sequence(rule: TriageRule, p_sequence: np.ndarray, truth: np.ndarray,
                  min_positives: int = MIN_SEQUENCE_POSITIVES) -> tuple[TriageRule, dict[str, Any] | None]:
-    """Add the sequence rule: the highest threshold flagging at least the target share of validation
-    lesions' sequences (one row per lesion with two or more photos), and never above the photo
-    threshold: a lesion whose pooled photos would flag it as one photo is not cleared because more
-    photos were taken (with about a hundred malignant lesions a fitted threshold is noisy, and an
-    error upwards costs sensitivity). With fewer than `min_positives` malignant lesions a threshold
-    would be noise: sequences then keep the photo rule."""
+    """Add the sequence rule: the threshold flagging the fewest validation lesions' sequences while
+    still flagging the target share of the malignant ones (one row per lesion with two or more
+    photos), and never above the photo threshold: a lesion whose pooled photos would flag it as one
+    photo is not cleared because more photos were taken (with about a hundred malignant lesions a
+    fitted threshold is noisy, and an error upwards costs sensitivity). With fewer than
+    `min_positives` malignant lesions a threshold would be noise: sequences then keep the photo rule."""
     truth = np.asarray(truth, dtype=bool)
     if truth.sum() < min_positives:
         return rule, None
