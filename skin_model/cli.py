@@ -67,6 +67,25 @@ def split_seed_of(card: ModelCard, asked: int | None) -> int:
     return asked if asked is not None else trained if trained is not None else 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from skin_model.data.ham10000 import load_ham10000, split_table
+    from skin_model.evaluation.compare import format_comparison, outputs_of, paired_comparison
+    from skin_model.io.images import load_image
+    from skin_model.predict import load_predictor
+
+    reference, candidate = (load_predictor(w, args.device, engine="torch") for w in (args.reference, args.candidate))
+    seed = split_seed_of(reference.card, args.seed)
+    if split_seed_of(candidate.card, seed) != seed:
+        raise ValueError("the two models were trained on different splits; they cannot be compared on one")
+    table = split_table(load_ham10000(args.data), args.split, seed, args.limit)
+    photos = [load_image(p) for p in table.path]
+    ref, cand = (outputs_of(p.model, p.card, photos) for p in (reference, candidate))
+    report = paired_comparison(table.label.to_numpy(), table.lesion_id.to_numpy(),
+                               {name: (ref[name], cand[name]) for name in ref}, resamples=args.resamples)
+    print(json.dumps(report, indent=2) if args.json else format_comparison(report))
+    return 0
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from skin_model.data.ham10000 import load_ham10000
     from skin_model.devices import select_device
@@ -334,6 +353,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ood", action="store_true", help="also the out-of-distribution evaluation (AUROC, rejections)")
     ev.add_argument("--heatmaps", type=int, metavar="N", help="also Grad-CAM faithfulness on N photos with masks")
     ev.set_defaults(func=_evaluate)
+
+    cm = sub.add_parser("compare", help="is a candidate model better than a reference beyond noise? paired "
+                                        "lesion bootstrap of both on one split (validation by default)")
+    cm.add_argument("reference", help="weights folder of the model to beat (e.g. weights)")
+    cm.add_argument("candidate", help="weights folder of the new model")
+    cm.add_argument("--data", help="HAM10000 folder (default: $HAM10000_DIR)")
+    cm.add_argument("--split", default="val", choices=("val", "test"))
+    cm.add_argument("--seed", type=int, help="split seed (default: the one in the weights' cards)")
+    cm.add_argument("--limit", type=int, help="only the first N photos of the split")
+    cm.add_argument("--resamples", type=int, default=1000)
+    cm.add_argument("--device")
+    cm.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    cm.set_defaults(func=_compare)
 
     ca = sub.add_parser("calibrate", help="refit calibration, abstention and OOD thresholds on validation, "
                                           "re-evaluate on test, rewrite weights + card")

@@ -90,7 +90,7 @@ HEADLINE_METRICS = ("accuracy", "balanced_accuracy", "macro_auc", "ece")
 _MEL = CLASSES.index("mel")
 
 
-def _recall_scores(labels: np.ndarray, preds: np.ndarray, n: int = len(CLASSES)) -> tuple[float, float, float]:
+def recall_scores(labels: np.ndarray, preds: np.ndarray, n: int = len(CLASSES)) -> tuple[float, float, float]:
     """(balanced accuracy, accuracy, melanoma recall), fast enough to call thousands of times."""
     support = np.bincount(labels, minlength=n)
     hits = np.bincount(labels[preds == labels], minlength=n)
@@ -115,7 +115,7 @@ def bootstrap_intervals(labels: np.ndarray, predictions: dict[str, np.ndarray], 
     for _ in range(resamples):
         rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
         for k, p in preds.items():
-            draws[k].append(_recall_scores(labels[rows], p[rows]))
+            draws[k].append(recall_scores(labels[rows], p[rows]))
     tail = (1 - level) / 2 * 100
     out: dict[str, Any] = {"resamples": resamples, "level": level, "units": len(members)}
     first = next(iter(preds))
