@@ -3,6 +3,7 @@ F1, one-vs-rest AUC, expected calibration error and the confusion matrix."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,21 @@ def recall_scores(labels: np.ndarray, preds: np.ndarray, n: int = len(CLASSES)) 
     return float((hits[present] / support[present]).mean()), float((preds == labels).mean()), float(mel)
 
 
+# How often, over paired resamples of lesions, one predictor must beat another for its lead to count
+# as established rather than noise (the sequence pooling's choice, `skin-model compare`).
+EVIDENCE = 0.95
+
+
+def lesion_resamples(groups: np.ndarray | None, n_rows: int, resamples: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """Row indices of `resamples` bootstrap resamples that draw whole lesions (`groups`: one id per
+    row; each row its own unit when None), so photos of one lesion never count as independent evidence."""
+    ids = np.arange(n_rows) if groups is None else pd.factorize(np.asarray(groups))[0]
+    members = pd.Series(np.arange(n_rows)).groupby(ids).apply(np.asarray).tolist()
+    rng = np.random.default_rng(seed)
+    for _ in range(resamples):
+        yield np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+
+
 def bootstrap_intervals(labels: np.ndarray, predictions: dict[str, np.ndarray], groups: np.ndarray | None = None,
                         resamples: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """Percentile intervals of balanced accuracy, accuracy and melanoma recall, resampling whole lesions
@@ -108,16 +124,13 @@ def bootstrap_intervals(labels: np.ndarray, predictions: dict[str, np.ndarray], 
     often it came out ahead: a difference whose interval spans zero is not established."""
     labels = np.asarray(labels, dtype=np.int64)
     preds = {k: np.asarray(v).argmax(1) if np.ndim(v) == 2 else np.asarray(v) for k, v in predictions.items()}
-    ids = np.arange(len(labels)) if groups is None else pd.factorize(np.asarray(groups))[0]
-    members = pd.Series(np.arange(len(labels))).groupby(ids).apply(np.asarray).tolist()
-    rng = np.random.default_rng(seed)
     draws = {k: [] for k in preds}
-    for _ in range(resamples):
-        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+    for rows in lesion_resamples(groups, len(labels), resamples, seed):
         for k, p in preds.items():
             draws[k].append(recall_scores(labels[rows], p[rows]))
     tail = (1 - level) / 2 * 100
-    out: dict[str, Any] = {"resamples": resamples, "level": level, "units": len(members)}
+    units = len(labels) if groups is None else len(pd.unique(np.asarray(groups)))
+    out: dict[str, Any] = {"resamples": resamples, "level": level, "units": units}
     first = next(iter(preds))
     for k, d in draws.items():
         arr = np.array(d)

@@ -21,14 +21,14 @@ from PIL import Image
 from skin_model.constants import CLASSES, MALIGNANT
 from skin_model.data.transforms import VARIANTS
 from skin_model.evaluation.evaluate import calibrated_probs, photo_outputs
-from skin_model.metrics import auc_ovr, recall_scores
+from skin_model.metrics import EVIDENCE, auc_ovr, lesion_resamples, recall_scores
 from skin_model.model.card import ModelCard
 from skin_model.model.network import SkinLesionNet
 from skin_model.trust import triage
 
 MEASURES: tuple[str, ...] = ("balanced_accuracy", "melanoma_recall", "malignant_auc", "triage_sensitivity",
                              "triage_specificity")
-EVIDENCE = 0.95
+_MALIGNANT = tuple(sorted(MALIGNANT))
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,11 @@ def outputs_of(model: SkinLesionNet, card: ModelCard, photos: list[Image.Image])
     return outputs
 
 
-def _measures(labels: np.ndarray, truth: np.ndarray, out: Outputs, malignant: np.ndarray) -> np.ndarray:
-    balanced, _, melanoma = recall_scores(labels, out.probs.argmax(1))
-    flag = malignant >= out.threshold
-    sens = float((flag & truth).sum() / truth.sum()) if truth.any() else np.nan
-    spec = float((~flag & ~truth).sum() / (~truth).sum()) if (~truth).any() else np.nan
-    return np.array([balanced, melanoma, auc_ovr(truth, malignant), sens, spec])
+def _measures(labels: np.ndarray, truth: np.ndarray, top: np.ndarray, malignant: np.ndarray,
+              threshold: float) -> np.ndarray:
+    """The `MEASURES` of one model on some rows: `top` its top class, `malignant` its triage score."""
+    balanced, _, melanoma = recall_scores(labels, top)
+    return np.array([balanced, melanoma, auc_ovr(truth, malignant), *triage.rates(malignant >= threshold, truth)])
 
 
 def paired_comparison(labels: np.ndarray, groups: np.ndarray, framings: Mapping[str, tuple[Outputs, Outputs]],
@@ -67,23 +66,20 @@ def paired_comparison(labels: np.ndarray, groups: np.ndarray, framings: Mapping[
     row), and the share of resamples in which the candidate was ahead. Both models are scored on
     the very same resamples, so what they share (which lesions were drawn) cancels out."""
     labels = np.asarray(labels, dtype=np.int64)
-    truth = triage.is_malignant(labels, CLASSES, tuple(sorted(MALIGNANT)))
-    ids = pd.factorize(np.asarray(groups))[0]
-    members = pd.Series(np.arange(len(labels))).groupby(ids).apply(np.asarray).tolist()
-    mal = {name: tuple(triage.malignant_probability(o.probs, CLASSES, tuple(sorted(MALIGNANT))) for o in pair)
-           for name, pair in framings.items()}
-    rng = np.random.default_rng(seed)
+    truth = triage.is_malignant(labels, CLASSES, _MALIGNANT)
+    # Each model's top class and triage score, computed once; the resamples only index them.
+    scored = {name: [(o.probs.argmax(1), triage.malignant_probability(o.probs, CLASSES, _MALIGNANT), o.threshold)
+                     for o in pair] for name, pair in framings.items()}
     draws: dict[str, list[np.ndarray]] = {name: [] for name in framings}
-    for _ in range(resamples):
-        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        for name, (ref, cand) in framings.items():
-            a = _measures(labels[rows], truth[rows], Outputs(ref.probs[rows], ref.threshold), mal[name][0][rows])
-            b = _measures(labels[rows], truth[rows], Outputs(cand.probs[rows], cand.threshold), mal[name][1][rows])
-            draws[name].append(b - a)
+    for rows in lesion_resamples(groups, len(labels), resamples, seed):
+        for name, ((top_a, mal_a, t_a), (top_b, mal_b, t_b)) in scored.items():
+            draws[name].append(_measures(labels[rows], truth[rows], top_b[rows], mal_b[rows], t_b)
+                               - _measures(labels[rows], truth[rows], top_a[rows], mal_a[rows], t_a))
     tail = (1 - level) / 2 * 100
-    report: dict[str, Any] = {"resamples": resamples, "level": level, "lesions": len(members), "framings": {}}
-    for name, (ref, cand) in framings.items():
-        whole = [_measures(labels, truth, out, m) for out, m in zip((ref, cand), mal[name])]
+    report: dict[str, Any] = {"resamples": resamples, "level": level, "lesions": len(pd.unique(np.asarray(groups))),
+                              "framings": {}}
+    for name, pair in scored.items():
+        whole = [_measures(labels, truth, *model) for model in pair]
         diff = np.array(draws[name])
         report["framings"][name] = {
             measure: {"reference": float(whole[0][i]), "candidate": float(whole[1][i]),

@@ -17,7 +17,7 @@ from skin_model.constants import CLASSES, MALIGNANT
 from skin_model.data.ham10000 import Ham10000, lesion_groups, training_tables
 from skin_model.data.transforms import VARIANTS
 from skin_model.io.images import load_image
-from skin_model.metrics import bootstrap_intervals, expected_calibration_error
+from skin_model.metrics import EVIDENCE, bootstrap_intervals, expected_calibration_error
 from skin_model.model.network import FEATURE_DIM, SkinLesionNet
 from skin_model.trust import abstain, ood, triage
 from skin_model.trust.calibration import fit_calibration, fit_confidence_map, softmax
@@ -29,8 +29,6 @@ def _photos(paths: list[str]) -> list:
 
 SEQUENCE_SHARPNESS = (0.0, 5.0, 10.0, 25.0)
 SEQUENCE_MIX = (0.0, 0.5, 1.0)
-# How often, over resamples of the validation lesions, a pooling other than the plain mean must beat it.
-SEQUENCE_EVIDENCE = 0.95
 
 
 def _fit_sequence(model: SkinLesionNet, val_t: pd.DataFrame, feats: np.ndarray, logits: np.ndarray, counts: np.ndarray,
@@ -40,7 +38,7 @@ def _fit_sequence(model: SkinLesionNet, val_t: pd.DataFrame, feats: np.ndarray, 
     probabilities, which already carry the prior correction, so only how sharply pooling
     favours confident photos, the weight of the LSTM's correction and a temperature are
     chosen here. The plain mean of the photos' probabilities is the default: another pooling
-    is kept only when its balanced accuracy beats the mean's in `SEQUENCE_EVIDENCE` of
+    is kept only when its balanced accuracy beats the mean's in `metrics.EVIDENCE` (95%) of
     resamples of the lesions, and the best such by score. Choosing among twelve poolings on a
     few hundred lesions otherwise picks noise (the second round's sharpness 25 with half the
     LSTM led on validation and found fewer melanomas than the mean on new lesions); a prior
@@ -65,7 +63,7 @@ def _fit_sequence(model: SkinLesionNet, val_t: pd.DataFrame, feats: np.ndarray, 
     best = plain
     for fit in candidates[1:]:
         fit["share_ahead_of_mean"] = ahead[f'{fit["mix"]}/{fit["sharpness"]}']["share_of_resamples_ahead"]
-        if fit["share_ahead_of_mean"] >= SEQUENCE_EVIDENCE and fit["score"] > best["score"] + 1e-9:
+        if fit["share_ahead_of_mean"] >= EVIDENCE and fit["score"] > best["score"] + 1e-9:
             best = fit
     model.sequence_mix.fill_(best["mix"])
     model.sequence_sharpness.fill_(best["sharpness"])

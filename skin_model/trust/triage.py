@@ -94,7 +94,8 @@ def is_malignant(labels: np.ndarray, classes: Sequence[str], malignant: Sequence
     return np.isin(np.asarray(labels), [list(classes).index(c) for c in malignant])
 
 
-def _rates(flag: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+def rates(flag: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Sensitivity and specificity of a flag against the truth (NaN where a side is empty)."""
     pos, neg = truth.sum(), (~truth).sum()
     sens = float((flag & truth).sum() / pos) if pos else math.nan
     spec = float((~flag & ~truth).sum() / neg) if neg else math.nan
@@ -124,7 +125,7 @@ def operating_point(p_malignant: np.ndarray, truth: np.ndarray, threshold: float
     independent evidence."""
     p, truth = np.asarray(p_malignant, dtype=np.float64), np.asarray(truth, dtype=bool)
     flag = p >= threshold
-    sens, spec = _rates(flag, truth)
+    sens, spec = rates(flag, truth)
     ids = np.arange(len(p)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
     order = np.argsort(ids, kind="stable")
     members = np.split(order, np.flatnonzero(np.diff(ids[order])) + 1) if len(p) else []
@@ -132,7 +133,7 @@ def operating_point(p_malignant: np.ndarray, truth: np.ndarray, threshold: float
     draws = []
     for _ in range(resamples):
         rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        draws.append(_rates(flag[rows], truth[rows]))
+        draws.append(rates(flag[rows], truth[rows]))
     arr = np.array(draws)
     tail = (1 - level) / 2 * 100
     interval = [np.nanpercentile(arr[:, i], [tail, 100 - tail]).tolist() if not np.isnan(arr[:, i]).all() else None
