@@ -10,7 +10,7 @@ import streamlit as st
 
 from app_pages import views
 from skin_model import CLASS_NAMES, CLASSES, MALIGNANT
-from skin_model.constants import DISCLAIMER
+from skin_model.constants import CONFIRMATION, DISCLAIMER
 from skin_model.evaluation.summary import interval_notes, performance_rows
 from skin_model.trust.decision import triage_rule_text
 
@@ -134,6 +134,15 @@ if single:
                 "specificity": st.column_config.NumberColumn(format="percent")})
             st.caption("Test split, single photos in three framings; intervals from 1,000 bootstrap resamples of "
                        "whole lesions.")
+            by = triage_test.get("benign_specificity_by_confirmation")
+            if by:
+                st.markdown("Specificity depends on which benign lesions are counted. Among the benign test photos "
+                            "(full frame), by how HAM10000 confirmed the diagnosis: "
+                            + "; ".join(f"{CONFIRMATION.get(kind, kind)} **{op['specificity']:.0%}** "
+                                        f"({_span(op['specificity_interval'])}, {op['n']} photos)"
+                                        for kind, op in sorted(by.items(), key=lambda kv: -kv[1]["n"]))
+                            + ". Benign lesions confirmed by histopathology were cut out because they looked "
+                              "suspicious: they are the ones a dermatologist hesitates over.")
     ood = metrics.get("ood")
     if ood:
         st.subheader("Out-of-distribution rejection")

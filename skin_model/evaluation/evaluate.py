@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from skin_model import engine, runtime
-from skin_model.constants import CLASSES
+from skin_model.constants import CLASSES, CONFIRMATION
 from skin_model.data import preprocess
 from skin_model.data.ham10000 import Ham10000, lesion_groups, split_table
 from skin_model.data.transforms import VARIANTS
@@ -154,20 +154,27 @@ def evaluate_split(model: SkinLesionNet, ham: Ham10000, split: str = "test", see
                                 "risk_coverage": abstain.risk_coverage(photo_probs, labels)}
     if card is not None and card.trust.triage is not None:
         report["triage"] = triage_report(card.trust.triage, framing_probs, labels, table.lesion_id.to_numpy(),
-                                         seq_probs if groups else None, lesion_labels)
+                                         seq_probs if groups else None, lesion_labels, table.dx_type.to_numpy())
     return report
 
 
 def triage_report(rule: triage.TriageRule, framing_probs: dict[str, np.ndarray], labels: np.ndarray,
-                  lesion_ids: np.ndarray, sequence_probs: np.ndarray | None, lesion_labels: np.ndarray) -> dict[str, Any]:
+                  lesion_ids: np.ndarray, sequence_probs: np.ndarray | None, lesion_labels: np.ndarray,
+                  confirmation: np.ndarray | None = None) -> dict[str, Any]:
     """Sensitivity and specificity of the "see a dermatologist" flag at the card's threshold, with
-    lesion-bootstrap 95% intervals: per photo in each framing, and per multi-photo lesion's sequence."""
+    lesion-bootstrap 95% intervals: per photo in each framing, and per multi-photo lesion's sequence.
+    With `confirmation` (each photo's `dx_type`), also the full-frame specificity among benign photos
+    by how their diagnosis was confirmed."""
     truth = triage.is_malignant(labels, CLASSES, rule.malignant)
     out: dict[str, Any] = {"threshold": rule.threshold, "target_sensitivity": rule.target_sensitivity,
                            "malignant": list(rule.malignant), "single_photo": {}}
     for name, probs in framing_probs.items():
         out["single_photo"][name] = triage.operating_point(
             triage.malignant_probability(probs, CLASSES, rule.malignant), truth, rule.threshold, lesion_ids)
+    if confirmation is not None:
+        out["benign_specificity_by_confirmation"] = triage.specificity_by(
+            triage.malignant_probability(framing_probs["full"], CLASSES, rule.malignant), truth, rule.threshold,
+            confirmation, lesion_ids)
     if sequence_probs is not None and len(sequence_probs):
         seq_rule = rule.for_sequences()
         out["multi_photo_lesions_sequence"] = triage.operating_point(
@@ -202,6 +209,9 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"  {'sequences':12s} sensitivity {op['sensitivity']:.3f} ({_span(op['sensitivity_interval'])}), "
                          f"specificity {op['specificity']:.3f} ({_span(op['specificity_interval'])}) at "
                          f"{op['threshold']:.3f} ({op['n']} lesions with 2+ photos)")
+        for kind, op in t.get("benign_specificity_by_confirmation", {}).items():
+            lines.append(f"  benign, confirmed by {CONFIRMATION.get(kind, kind)}: specificity {op['specificity']:.3f} "
+                         f"({_span(op['specificity_interval'])}), {op['n']} photos (full frame)")
     full = report["single_photo"]["full"]
     lines += ["", f"{'class':8s}{'recall':>10s}{'precision':>11s}{'auc':>8s}{'support':>9s}"]
     for c, r in full["per_class"].items():

@@ -143,6 +143,24 @@ def operating_point(p_malignant: np.ndarray, truth: np.ndarray, threshold: float
             "specificity_interval": interval[1], "flagged": float(flag.mean()) if len(p) else math.nan}
 
 
+def specificity_by(p_malignant: np.ndarray, truth: np.ndarray, threshold: float, kinds: np.ndarray,
+                   groups: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+    """Specificity at `threshold` among the benign rows of each kind (HAM10000's `dx_type`: how the
+    diagnosis was confirmed), with lesion-bootstrap intervals.
+
+    One specificity over all benign photos mixes nevi that were only followed up, which the flag almost
+    never fires for, with benign lesions that looked suspicious enough to be cut out and read by a
+    pathologist; the clinician deciding whether to trust the flag needs the second figure on its own."""
+    p, truth, kinds = np.asarray(p_malignant, dtype=np.float64), np.asarray(truth, dtype=bool), np.asarray(kinds)
+    ids = np.arange(len(p)) if groups is None else np.asarray(groups)
+    out = {}
+    for kind in sorted({str(k) for k in kinds[~truth]}):
+        rows = ~truth & (kinds.astype(str) == kind)
+        op = operating_point(p[rows], truth[rows], threshold, ids[rows])
+        out[kind] = {"n": op["n"], "specificity": op["specificity"], "specificity_interval": op["specificity_interval"]}
+    return out
+
+
 def fit(p_by_framing: Mapping[str, np.ndarray], truth: np.ndarray, groups: np.ndarray, malignant: Sequence[str],
         target: float = TARGET_SENSITIVITY, primary: str = "full") -> tuple[TriageRule, dict[str, Any]]:
     """Choose the threshold on validation: the one flagging the fewest photos while every framing

@@ -889,6 +889,11 @@ def _check_metrics(at: AppTest, metrics: dict) -> None:
         caption = next(c.value for c in at.caption if c.value.startswith("95% intervals"))
         assert f"balanced accuracy {lo:.3f} to {hi:.3f}" in caption
     assert list(per_class["support"]) == [full["per_class"][c]["support"] for c in CLASSES]
+    by = (metrics.get("triage") or {}).get("benign_specificity_by_confirmation")
+    if by:  # the specificity among benign photos confirmed by histopathology is shown on its own
+        text = " ".join(m.value for m in at.markdown)
+        for kind, op in by.items():
+            assert f"{CONFIRMATION.get(kind, kind)} **{op['specificity']:.0%}**" in text
 
 
 def test_model_card_with_metrics(app_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ from skin_model.evaluation.evaluate import (
     lesion_groups,
     split_table,
     to_json,
+    triage_report,
 )
 from skin_model.evaluation.summary import interval_notes
 from skin_model.explain.cam import METHODS
@@ -32,7 +33,7 @@ from skin_model.metrics import classification_report
 from skin_model.model.card import ModelCard, TrustSettings
 from skin_model.model.network import SkinLesionNet
 from skin_model.predict import load_predictor
-from skin_model.trust import ood
+from skin_model.trust import ood, triage
 
 REPORT_KEYS = {"n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "ece", "per_class", "confusion_matrix"}
 
@@ -279,3 +280,27 @@ def test_an_interval_of_no_difference_is_said_in_words() -> None:
                      "the photos in every resample (no difference)"]
     same["intervals"]["multi_photo_lesions"]["sequence"]["balanced_accuracy_minus_mean_of_photos"] = [-0.01, 0.02]
     assert "-0.010 to +0.020" in interval_notes(same)[0]
+
+
+def test_triage_report_gives_the_benign_specificity_by_confirmation(report: dict) -> None:
+    rule = triage.TriageRule(threshold=0.5, malignant=("akiec", "bcc", "mel"))
+    nv, mel = CLASSES.index("nv"), CLASSES.index("mel")
+    labels = np.array([mel, mel, nv, nv, nv, nv])
+
+    def probs(malignant: list[float]) -> np.ndarray:
+        out = np.zeros((len(malignant), len(CLASSES)))
+        out[:, mel], out[:, nv] = malignant, 1 - np.asarray(malignant)
+        return out
+
+    full = probs([0.9, 0.4, 0.7, 0.2, 0.1, 0.1])
+    tri = triage_report(rule, {"full": full, "zoom_0.6": probs([0.9] * 6)}, labels, np.arange(6), None,
+                        np.zeros(0, dtype=int), np.array(["histo", "histo", "histo", "histo", "follow_up", "follow_up"]))
+    by = tri["benign_specificity_by_confirmation"]
+    assert by["histo"]["n"] == 2 and by["histo"]["specificity"] == 0.5  # from the full frame, not the zoom
+    assert by["follow_up"]["n"] == 2 and by["follow_up"]["specificity"] == 1.0
+    assert tri["single_photo"]["full"]["sensitivity"] == 0.5
+    text = format_table({**report, "triage": tri})
+    assert "benign, confirmed by histopathology: specificity 0.500" in text
+    assert "benign, confirmed by follow-up examination: specificity 1.000" in text
+    assert "benign_specificity_by_confirmation" not in triage_report(rule, {"full": full}, labels, np.arange(6), None,
+                                                                     np.zeros(0, dtype=int))

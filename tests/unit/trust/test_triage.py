@@ -102,3 +102,18 @@ def test_a_sequence_threshold_is_never_above_the_photo_threshold() -> None:
     fitted, figures = triage.fit_sequence(rule, pooled, seq_truth)
     assert fitted.for_sequences().threshold == rule.threshold and figures["threshold"] == rule.threshold
     assert figures["sensitivity"] >= 0.9
+
+
+def test_specificity_by_confirmation_splits_the_benign_photos_and_ignores_malignant_ones() -> None:
+    truth = np.array([True] * 4 + [False] * 10)
+    p = np.r_[[0.9, 0.8, 0.7, 0.1], [0.05] * 6, [0.6, 0.6, 0.1, 0.1]]
+    kinds = np.array(["histo"] * 4 + ["follow_up"] * 6 + ["histo"] * 4)
+    groups = np.r_[np.arange(4), np.arange(10, 16), [20, 20, 21, 21]]
+    by = triage.specificity_by(p, truth, 0.5, kinds, groups)
+    assert set(by) == {"histo", "follow_up"}
+    assert by["follow_up"]["n"] == 6 and by["follow_up"]["specificity"] == 1.0
+    assert by["histo"]["n"] == 4 and by["histo"]["specificity"] == 0.5  # the malignant histo photos are not counted
+    lo, hi = by["histo"]["specificity_interval"]
+    assert lo == 0.0 and hi == 1.0  # two lesions of two photos: a resample holds one, the other or both
+    overall = triage.operating_point(p, truth, 0.5, groups)["specificity"]
+    assert overall == pytest.approx((6 + 2) / 10)
