@@ -126,17 +126,39 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from skin_model.constants import CARD_FILE
     from skin_model.data.ham10000 import load_ham10000
-    from skin_model.evaluation.evaluate import evaluate_heatmaps, evaluate_ood, evaluate_split, format_table, to_json
+    from skin_model.evaluation.evaluate import (
+        card_metrics,
+        evaluate_heatmaps,
+        evaluate_ood,
+        evaluate_split,
+        format_table,
+        to_json,
+    )
+    from skin_model.model import checkpoint
+    from skin_model.model.files import write_card
     from skin_model.predict import load_predictor
 
     predictor = load_predictor(args.weights, args.device)
+    seed = split_seed_of(predictor.card, args.seed)
     ham = load_ham10000(args.data)
-    report = evaluate_split(predictor.model, ham, args.split, seed=args.seed, limit=args.limit, card=predictor.card)
-    if args.ood:
-        report["ood"] = evaluate_ood(predictor.model, predictor.card, ham, args.split, seed=args.seed, limit=args.limit)
-    if args.heatmaps:
-        report["heatmaps"] = evaluate_heatmaps(predictor.model, ham, args.split, seed=args.seed, limit=args.heatmaps)
+    if args.update_card:
+        if args.split != "test" or args.limit is not None:
+            raise ValueError("--update-card measures the card's figures: the whole test split (no --split, no --limit)")
+        photos = int((predictor.card.training.get("config") or {}).get("heatmap_photos", 200))
+        report = card_metrics(predictor.model, ham, predictor.card, seed=seed, heatmap_photos=photos)
+        directory = Path(args.weights) if args.weights else checkpoint.default_weights_dir()
+        write_card(directory, replace(predictor.card, metrics=report))
+        print(f"wrote the test figures into {directory / CARD_FILE}; weights and trust layer unchanged")
+    else:
+        report = evaluate_split(predictor.model, ham, args.split, seed=seed, limit=args.limit, card=predictor.card)
+        if args.ood:
+            report["ood"] = evaluate_ood(predictor.model, predictor.card, ham, args.split, seed=seed, limit=args.limit)
+        if args.heatmaps:
+            report["heatmaps"] = evaluate_heatmaps(predictor.model, ham, args.split, seed=seed, limit=args.heatmaps)
     if args.output:
         Path(args.output).write_text(to_json(report))
     print(to_json(report) if args.json else format_table(report))
@@ -345,13 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="HAM10000 folder (default: $HAM10000_DIR)")
     ev.add_argument("--weights", help="folder with weights and model card (default: shipped)")
     ev.add_argument("--split", default="test", choices=("train", "val", "test"))
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, help="split seed (default: the one the weights were trained on)")
     ev.add_argument("--limit", type=int, help="only the first N photos of the split")
     ev.add_argument("--device")
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.add_argument("--output", help="also write the JSON report here")
     ev.add_argument("--ood", action="store_true", help="also the out-of-distribution evaluation (AUROC, rejections)")
     ev.add_argument("--heatmaps", type=int, metavar="N", help="also Grad-CAM faithfulness on N photos with masks")
+    ev.add_argument("--update-card", action="store_true",
+                    help="measure every test figure of the model card again and write them into it (weights and "
+                         "trust layer unchanged): after the evaluation gains a figure")
     ev.set_defaults(func=_evaluate)
 
     cm = sub.add_parser("compare", help="is a candidate model better than a reference beyond noise? paired "

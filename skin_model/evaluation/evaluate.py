@@ -158,6 +158,20 @@ def evaluate_split(model: SkinLesionNet, ham: Ham10000, split: str = "test", see
     return report
 
 
+def card_metrics(model: SkinLesionNet, ham: Ham10000, card: ModelCard, seed: int = 0, limit: int | None = None,
+                 heatmap_photos: int = 200) -> dict[str, Any]:
+    """Every test figure a model card carries, for these weights and the trust layer of `card`: the
+    split's figures, the out-of-distribution check and Grad-CAM's faithfulness on `heatmap_photos`
+    photos with masks. Training's last step writes them; `skin-model evaluate --update-card` measures
+    them again when the evaluation gains a figure, without refitting anything."""
+    metrics = evaluate_split(model, ham, "test", seed=seed, limit=limit, card=card)
+    metrics["ood"] = evaluate_ood(model, card, ham, "test", seed=seed, limit=limit)
+    if heatmap_photos:
+        metrics["heatmaps"] = evaluate_heatmaps(model, ham, "test", seed=seed,
+                                                limit=min(heatmap_photos, limit or heatmap_photos))
+    return metrics
+
+
 def triage_report(rule: triage.TriageRule, framing_probs: dict[str, np.ndarray], labels: np.ndarray,
                   lesion_ids: np.ndarray, sequence_probs: np.ndarray | None, lesion_labels: np.ndarray,
                   confirmation: np.ndarray | None = None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from skin_model.data.ham10000 import (
     training_tables,
 )
 from skin_model.devices import describe, select_device
-from skin_model.evaluation.evaluate import evaluate_heatmaps, evaluate_ood, evaluate_split
+from skin_model.evaluation.evaluate import card_metrics
 from skin_model.model import checkpoint
 from skin_model.model.card import DatasetInfo, MemberCard, ModelCard, TrustSettings
 from skin_model.model.network import SkinLesionNet
@@ -190,11 +190,7 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
     trust_settings = TrustSettings(inconclusive_below=trust_card["inconclusive_below"], ood=trust_card["ood"],
                                    abstention=trust_card["abstention"], triage=trust_card["triage"])
     card = ModelCard(trust=trust_settings, members=members)
-    metrics = evaluate_split(model, ham, "test", seed=seed, limit=limit, card=card)
-    metrics["ood"] = evaluate_ood(model, card, ham, "test", seed=seed, limit=limit)
-    if heatmap_photos:
-        metrics["heatmaps"] = evaluate_heatmaps(model, ham, "test", seed=seed,
-                                                limit=min(heatmap_photos, limit or heatmap_photos))
+    metrics = card_metrics(model, ham, card, seed=seed, limit=limit, heatmap_photos=heatmap_photos)
     counts = ham.table.assign(split=split_lesions(ham.table, seed)).split.value_counts().to_dict()
     card = replace(
         card,

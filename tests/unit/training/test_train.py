@@ -376,3 +376,32 @@ def test_resume_on_another_device_says_how(tiny_model) -> None:
     photos = torch.zeros((4, 3, 48, 64), dtype=torch.uint8)
     with pytest.raises(ValueError, match="saved on cuda"):
         _train_tiny(tiny_model, TrainConfig(epochs=1, batch_size=4), photos, np.arange(4), resume={"device_type": "cuda"})
+
+
+def test_update_card_measures_the_test_figures_again_and_touches_nothing_else(
+        trained: tuple[Path, Path, ModelCard], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`skin-model evaluate --update-card`: after the evaluation gains a figure, the card's test figures are
+    measured again on the whole test split; the weights, their graphs and the trust layer stay as they are."""
+    import shutil
+
+    from skin_model.cli import main
+    from skin_model.model.files import read_card, write_card
+
+    data, out, card = trained
+    weights = tmp_path / "weights"
+    shutil.copytree(out, weights)
+    write_card(weights, replace(card, metrics={}))
+    files = {p.name: p.read_bytes() for p in weights.iterdir() if p.name != CARD_FILE}
+    assert main(["evaluate", "--weights", str(weights), "--data", str(data), "--update-card", "--device", "cpu"]) == 0
+    assert "weights and trust layer unchanged" in capsys.readouterr().out
+    updated = read_card(weights)
+    assert {p.name: p.read_bytes() for p in weights.iterdir() if p.name != CARD_FILE} == files
+    assert replace(updated, metrics={}) == replace(card, metrics={})
+    test_photos = int((split_lesions(load_ham10000(data).table) == "test").sum())
+    assert updated.metrics["n_photos"] == test_photos > card.metrics["n_photos"] - 1  # the whole split: no limit
+    assert set(updated.metrics) >= {"single_photo", "intervals", "ood", "heatmaps"}
+    assert card.trust.triage is not None
+    assert "benign_specificity_by_confirmation" in updated.metrics["triage"]
+    checkpoint.load(weights)  # still verified
+    assert main(["evaluate", "--weights", str(weights), "--data", str(data), "--update-card", "--limit", "3"]) == 1
+    assert "the whole test split" in capsys.readouterr().err
