@@ -138,7 +138,7 @@ if single:
             if by:
                 st.markdown("Specificity depends on which benign lesions are counted. Among the benign test photos "
                             "(full frame), by how HAM10000 confirmed the diagnosis: "
-                            + "; ".join(f"{CONFIRMATION.get(kind, kind)} **{op['specificity']:.0%}** "
+                            + "; ".join(f"{CONFIRMATION.get(kind, kind)} **{op['specificity']:.1%}** "
                                         f"({_span(op['specificity_interval'])}, {op['n']} photos)"
                                         for kind, op in sorted(by.items(), key=lambda kv: -kv[1]["n"]))
                             + ". Benign lesions confirmed by histopathology were cut out because they looked "

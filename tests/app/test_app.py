@@ -893,7 +893,7 @@ def _check_metrics(at: AppTest, metrics: dict) -> None:
     if by:  # the specificity among benign photos confirmed by histopathology is shown on its own
         text = " ".join(m.value for m in at.markdown)
         for kind, op in by.items():
-            assert f"{CONFIRMATION.get(kind, kind)} **{op['specificity']:.0%}**" in text
+            assert f"{CONFIRMATION.get(kind, kind)} **{op['specificity']:.1%}**" in text
 
 
 def test_model_card_with_metrics(app_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
