@@ -151,11 +151,12 @@ def specificity_by(p_malignant: np.ndarray, truth: np.ndarray, threshold: float,
     One specificity over all benign photos mixes nevi that were only followed up, which the flag almost
     never fires for, with benign lesions that looked suspicious enough to be cut out and read by a
     pathologist; the clinician deciding whether to trust the flag needs the second figure on its own."""
-    p, truth, kinds = np.asarray(p_malignant, dtype=np.float64), np.asarray(truth, dtype=bool), np.asarray(kinds)
+    p, truth = np.asarray(p_malignant, dtype=np.float64), np.asarray(truth, dtype=bool)
+    kinds = np.asarray(kinds).astype(str)
     ids = np.arange(len(p)) if groups is None else np.asarray(groups)
     out = {}
-    for kind in sorted({str(k) for k in kinds[~truth]}):
-        rows = ~truth & (kinds.astype(str) == kind)
+    for kind in np.unique(kinds[~truth]).tolist():
+        rows = ~truth & (kinds == kind)
         op = operating_point(p[rows], truth[rows], threshold, ids[rows])
         out[kind] = {"n": op["n"], "specificity": op["specificity"], "specificity_interval": op["specificity_interval"]}
     return out
