@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from skin_model.constants import BACKBONE, IMAGE_SIZE
 from skin_model.data.config import DataConfig
 
+# How stage 1 may keep its epoch (`TrainConfig.select`, `stages.selection_score`).
+SELECTIONS = ("balanced", "triage")
+
 
 @dataclass
 class TrainConfig:
@@ -22,7 +25,9 @@ class TrainConfig:
     has the `teacher` label every augmented view the student trains on, instead of each photo's full
     frame once (`training/teacher.py`). `malignant_weight` adds that much of a malignant-versus-benign
     cross-entropy on the summed class probabilities (`stages.malignant_loss`), the score the triage
-    flag thresholds."""
+    flag thresholds. `select` is how stage 1 keeps its epoch on validation: "balanced" by balanced
+    accuracy + macro AUC, "triage" by the malignant-versus-benign AUC the triage flag thresholds
+    (ties by macro AUC)."""
 
     data: str | None = None
     out: str = "weights"
@@ -58,6 +63,11 @@ class TrainConfig:
     distil_weight: float = 0.5
     distil_same_view: bool = False
     fit_trust: bool = True
+    select: str = "balanced"
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECTIONS:
+            raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, not {self.select!r}")
 
     @property
     def data_config(self) -> DataConfig:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from skin_model import engine
 from skin_model.constants import CLASSES, IMAGE_SIZE, MALIGNANT, MAX_SEQUENCE
 from skin_model.data.transforms import augment_batch
-from skin_model.metrics import classification_report
+from skin_model.metrics import auc_ovr, classification_report
 from skin_model.model.backbones import early_layers
 from skin_model.model.network import SkinLesionNet
 from skin_model.training.config import TrainConfig
@@ -160,6 +160,23 @@ class LogitAdjustedLoss(nn.Module):
 
 
 _MALIGNANT_MASK = torch.tensor([name in MALIGNANT for name in CLASSES])
+
+
+def malignant_auc(probs: np.ndarray, labels: np.ndarray) -> float:
+    """AUC of the summed malignant probability (akiec + bcc + mel) against benign: the ranking the
+    triage flag thresholds."""
+    mask = _MALIGNANT_MASK.numpy()
+    return auc_ovr(mask[np.asarray(labels)], np.asarray(probs)[:, mask].sum(1))
+
+
+def selection_score(select: str, report: dict[str, Any]) -> float:
+    """The validation score stage 1 keeps its best epoch by (`TrainConfig.select`); NaN (a class
+    absent from a tiny validation split) counts as a poor score rather than poisoning the comparison."""
+    if select == "triage":
+        score = report["malignant_auc"] + 1e-3 * report["macro_auc"]
+    else:
+        score = report["balanced_accuracy"] + report["macro_auc"]
+    return float(np.nan_to_num(score, nan=-0.5))
 
 
 def malignant_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -404,14 +421,17 @@ def train_encoder(model: SkinLesionNet, cfg: TrainConfig, photos: torch.Tensor, 
             if schedule.step(opt):
                 break
         logits = photo_logits_of(scored, features_of(scored, val_photos, device), device)
-        rep = classification_report(torch.as_tensor(logits).softmax(1).numpy(), val_labels)
-        score = float(np.nan_to_num(rep["balanced_accuracy"] + rep["macro_auc"], nan=-0.5))
+        probs = torch.as_tensor(logits).softmax(1).numpy()
+        rep = classification_report(probs, val_labels)
+        rep["malignant_auc"] = malignant_auc(probs, val_labels)
+        score = selection_score(cfg.select, rep)
         history.append({"epoch": epoch + 1, "steps": schedule.steps, "loss": total / max(1, step + 1),
                         "val_balanced_accuracy": rep["balanced_accuracy"], "val_accuracy": rep["accuracy"],
-                        "val_macro_auc": rep["macro_auc"], "seconds": round(time.time() - start, 1)})
+                        "val_macro_auc": rep["macro_auc"], "val_malignant_auc": rep["malignant_auc"],
+                        "seconds": round(time.time() - start, 1)})
         tqdm.write(f"epoch {epoch + 1}: loss {total / max(1, step + 1):.4f} val bal-acc "
                    f"{rep['balanced_accuracy']:.4f} acc {rep['accuracy']:.4f} auc {rep['macro_auc']:.4f} "
-                   f"({time.time() - start:.0f} s)")
+                   f"malignant auc {rep['malignant_auc']:.4f} ({time.time() - start:.0f} s)")
         if score > best["score"]:
             best = {"score": score, "epoch": epoch + 1, "state": copy.deepcopy(scored.state_dict())}
         if checkpoint_to is not None:

@@ -143,3 +143,52 @@ def test_training_step_adds_the_weighted_malignant_term(tiny_model: SkinLesionNe
                                  torch.Generator().manual_seed(0), torch.device("cpu"), soft=soft))
     assert len(terms) == 1 and terms[0] > 0  # weight 0 never computes it
     assert losses[0] - losses[1] == pytest.approx(0.5 * terms[0], rel=1e-4)
+
+
+def _probs(rows: list[dict[str, float]]) -> np.ndarray:
+    out = np.zeros((len(rows), len(CLASSES)))
+    for i, row in enumerate(rows):
+        for name, p in row.items():
+            out[i, CLASSES.index(name)] = p
+    return out
+
+
+def test_malignant_auc_ranks_the_summed_malignant_probability() -> None:
+    """A melanoma called a carcinoma still ranks as malignant; only benign photos scored above a
+    malignant one cost AUC."""
+    labels = np.array([CLASSES.index(c) for c in ("mel", "bcc", "nv", "bkl")])
+    calm = _probs([{"bcc": 0.8, "nv": 0.2}, {"akiec": 0.7, "bkl": 0.3}, {"nv": 0.9, "mel": 0.1},
+                   {"bkl": 0.7, "mel": 0.3}])
+    assert stages.malignant_auc(calm, labels) == 1.0
+    worried = calm.copy()
+    worried[3] = _probs([{"bkl": 0.25, "mel": 0.75}])[0]  # above the carcinoma (0.7), below the melanoma (0.8)
+    assert stages.malignant_auc(worried, labels) == 0.75
+
+
+@pytest.mark.parametrize(("select", "kept"), [("balanced", 1), ("triage", 2)])
+def test_selection_keeps_the_epoch_its_score_prefers(tiny_model: SkinLesionNet, monkeypatch: pytest.MonkeyPatch,
+                                                    select: str, kept: int) -> None:
+    """Epoch 1 classifies better, epoch 2 ranks malignant lesions better: "balanced" keeps the first,
+    "triage" the second, and both record the malignant AUC of every epoch."""
+    scripted = iter([({"balanced_accuracy": 0.70, "accuracy": 0.8, "macro_auc": 0.95}, 0.90),
+                     ({"balanced_accuracy": 0.60, "accuracy": 0.8, "macro_auc": 0.94}, 0.93)])
+    current: list[float] = []
+
+    def report(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        figures, malignant = next(scripted)
+        current[:] = [malignant]
+        return dict(figures)
+
+    monkeypatch.setattr(stages, "classification_report", report)
+    monkeypatch.setattr(stages, "malignant_auc", lambda probs, labels: current[0])
+    photos = torch.randint(0, 256, (8, 3, 48, 64), dtype=torch.uint8)
+    labels = np.arange(8) % len(CLASSES)
+    cfg = TrainConfig(epochs=2, batch_size=4, ema=0.0, device="cpu", freeze_blocks=0, select=select)
+    result = train_encoder(copy.deepcopy(tiny_model), cfg, photos, labels, photos[:4], labels[:4], torch.device("cpu"))
+    assert result["best_epoch"] == kept
+    assert [row["val_malignant_auc"] for row in result["history"]] == [0.90, 0.93]
+
+
+def test_unknown_selection_is_refused() -> None:
+    with pytest.raises(ValueError, match="select must be one of balanced, triage"):
+        TrainConfig(select="accuracy")
