@@ -26,8 +26,7 @@ class TrainConfig:
     frame once (`training/teacher.py`). `malignant_weight` adds that much of a malignant-versus-benign
     cross-entropy on the summed class probabilities (`stages.malignant_loss`), the score the triage
     flag thresholds. `select` is how stage 1 keeps its epoch on validation: "balanced" by balanced
-    accuracy + macro AUC, "triage" by the malignant-versus-benign AUC the triage flag thresholds
-    (ties by macro AUC)."""
+    accuracy + macro AUC, "triage" by the malignant-versus-benign AUC the triage flag thresholds."""
 
     data: str | None = None
     out: str = "weights"

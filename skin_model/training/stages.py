@@ -173,7 +173,7 @@ def selection_score(select: str, report: dict[str, Any]) -> float:
     """The validation score stage 1 keeps its best epoch by (`TrainConfig.select`); NaN (a class
     absent from a tiny validation split) counts as a poor score rather than poisoning the comparison."""
     if select == "triage":
-        score = report["malignant_auc"] + 1e-3 * report["macro_auc"]
+        score = report["malignant_auc"]
     else:
         score = report["balanced_accuracy"] + report["macro_auc"]
     return float(np.nan_to_num(score, nan=-0.5))
