@@ -34,6 +34,7 @@ from skin_model.model.backbones import early_layers
 from skin_model.model.network import SkinLesionNet
 from skin_model.training.config import TrainConfig
 from skin_model.training.teacher import ViewTeacher
+from skin_model.trust import triage
 
 
 def seed_everything(seed: int) -> None:
@@ -165,8 +166,8 @@ _MALIGNANT_MASK = torch.tensor([name in MALIGNANT for name in CLASSES])
 def malignant_auc(probs: np.ndarray, labels: np.ndarray) -> float:
     """AUC of the summed malignant probability (akiec + bcc + mel) against benign: the ranking the
     triage flag thresholds."""
-    mask = _MALIGNANT_MASK.numpy()
-    return auc_ovr(mask[np.asarray(labels)], np.asarray(probs)[:, mask].sum(1))
+    return auc_ovr(triage.is_malignant(labels, CLASSES, MALIGNANT),
+                   triage.malignant_probability(probs, CLASSES, MALIGNANT))
 
 
 def selection_score(select: str, report: dict[str, Any]) -> float:
