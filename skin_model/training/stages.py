@@ -160,9 +160,6 @@ class LogitAdjustedLoss(nn.Module):
         return self.ce(logits.float() + self.offset, target)
 
 
-_MALIGNANT_MASK = torch.tensor([name in MALIGNANT for name in CLASSES])
-
-
 def malignant_auc(probs: np.ndarray, labels: np.ndarray) -> float:
     """AUC of the summed malignant probability (akiec + bcc + mel) against benign: the ranking the
     triage flag thresholds."""
@@ -178,6 +175,9 @@ def selection_score(select: str, report: dict[str, Any]) -> float:
     else:
         score = report["balanced_accuracy"] + report["macro_auc"]
     return float(np.nan_to_num(score, nan=-0.5))
+
+
+_MALIGNANT_MASK = torch.tensor([name in MALIGNANT for name in CLASSES])
 
 
 def malignant_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
