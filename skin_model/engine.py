@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from skin_model.data.config import DataConfig
-from skin_model.data.preprocess import pixels
+from skin_model.data.preprocess import pixels, shades_of_gray
 from skin_model.model.network import SkinLesionNet
 from skin_model.model.scores import Scores
 from skin_model.model.serving import HeatmapGraph, PhotoGraph, SequenceGraph
@@ -45,10 +45,13 @@ def preprocess(images: Sequence[Image.Image] | torch.Tensor, config: DataConfig 
     `data.preprocess.pixels`, which the ONNX Runtime engine uses too; a uint8 batch (training's
     validation) through torch's own resize, which that module reproduces bit for bit. So training's
     validation, both engines and the explainer see identical inputs, and a batch and the same photos
-    one by one give the same values."""
+    one by one give the same values (the colour normalisation, when the card asks for it, is
+    `data.preprocess.shades_of_gray` on both paths)."""
     if not isinstance(images, torch.Tensor):
         return torch.from_numpy(pixels(images, config))
     x = F.interpolate(images, size=config.input_size, mode=config.interpolation, antialias=True, align_corners=False)
+    if config.colour_constancy:
+        x = torch.from_numpy(shades_of_gray(x.cpu().numpy())).to(images.device)
     x = x.to(torch.float32).mul_(1 / 255)
     mean = torch.tensor(config.mean, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(config.std, dtype=x.dtype).view(1, 3, 1, 1)

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from skin_model.constants import IMAGE_SIZE, MEAN, STD
 
 INTERPOLATIONS = ("bilinear", "bicubic")
+# Per-photo colour normalisations a card may ask for before the input is normalised: "shades_of_gray" divides
+# each channel by its power mean (p = SOG_POWER), so a photo's illuminant and camera white balance are undone.
+COLOUR_CONSTANCY = ("shades_of_gray",)
+SOG_POWER = 6
 
 
 class ConfigError(ValueError):
@@ -21,13 +25,15 @@ class DataConfig:
 
     `image_size` is the input's width, and its height too unless `input_height` is given: a
     non-square input keeps the photos' own aspect (HAM10000's 200x150) instead of squashing
-    them into a square. Any photo is resized to `input_size` whole, nothing cut away."""
+    them into a square. Any photo is resized to `input_size` whole, nothing cut away.
+    `colour_constancy` (None, or one of COLOUR_CONSTANCY) colour-normalises the resized photo first."""
 
     image_size: int = IMAGE_SIZE
     mean: tuple[float, float, float] = MEAN
     std: tuple[float, float, float] = STD
     interpolation: str = "bilinear"
     input_height: int | None = None
+    colour_constancy: str | None = None
     # (height, width) of the network's input, set from the fields above (read on every photo's path)
     input_size: tuple[int, int] = field(init=False, repr=False, compare=False)
 
@@ -39,6 +45,8 @@ class DataConfig:
             raise ConfigError(f"input_height must be an integer from 32 to 1024, not {self.input_height!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}")
+        if self.colour_constancy is not None and self.colour_constancy not in COLOUR_CONSTANCY:
+            raise ConfigError(f"colour_constancy must be one of {COLOUR_CONSTANCY} or absent, not {self.colour_constancy!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("mean and std must hold three values each, std positive")
         object.__setattr__(self, "input_size", (self.input_height or self.image_size, self.image_size))

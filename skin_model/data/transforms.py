@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from skin_model.constants import IMAGE_SIZE, MEAN, STD
+from skin_model.data.preprocess import colour_gains
 
 
 def centre_crop(img: Image.Image, fraction: float) -> Image.Image:
@@ -49,7 +50,8 @@ def _uniform(n: int, low: float, high: float, device: torch.device, gen: torch.G
 def augment_batch(photos: torch.Tensor, size: int | tuple[int, int] = IMAGE_SIZE,
                   generator: torch.Generator | None = None,
                   scale: tuple[float, float] = (0.25, 1.0), ratio: tuple[float, float] = (0.75, 4 / 3),
-                  jitter: float = 0.25, hue: float = 0.03, blur_p: float = 0.2) -> torch.Tensor:
+                  jitter: float = 0.25, hue: float = 0.03, blur_p: float = 0.2,
+                  colour_constancy: str | None = None) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> normalised (N, 3, height, width) training views (`size`: a square's
     side or (height, width)).
 
@@ -58,11 +60,16 @@ def augment_batch(photos: torch.Tensor, size: int | tuple[int, int] = IMAGE_SIZE
     jitter and an occasional blur. The whole frame maps to the input the same way
     as at inference, so a crop of scale 1 without rotation is the inference view;
     rotations turn the view as it is shown to the network (no shear on a non-square input).
+    With `colour_constancy` (the card's) each photo is first colour-normalised by the gains of its whole
+    frame, as inference normalises the photo it is given; the colour jitter then varies what is left.
     """
     height, width = (size, size) if isinstance(size, int) else size
     aspect = height / width
     n, device = photos.shape[0], photos.device
     x = photos.float() / 255.0
+    if colour_constancy:
+        gains = torch.from_numpy(colour_gains(photos.cpu().numpy())).to(device, torch.float32)
+        x = (x * gains[:, :, None, None]).clamp_(0, 1)
     area = _uniform(n, *scale, device, generator)
     log_r = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), device, generator)
     half_w = torch.sqrt(area * log_r.exp()).clamp(max=1.0)

@@ -174,6 +174,8 @@ class ModelCard:
                     "std": list(self.data_config.std), "image_size": self.data_config.image_size,
                     "interpolation": self.data_config.interpolation, "backbone": self.backbone,
                     **({"input_height": self.data_config.input_height} if self.data_config.input_height else {}),
+                    **({"colour_constancy": self.data_config.colour_constancy}
+                       if self.data_config.colour_constancy else {}),
                     "max_sequence": self.max_sequence, "meta_dim": self.meta_dim, "weights_file": self.weights_file,
                     "sha256": self.sha256, "size_bytes": self.size_bytes})
         if self.onnx is not None:
@@ -188,7 +190,7 @@ class ModelCard:
         try:
             config = DataConfig(image_size=raw.get("image_size"), mean=tuple(raw.get("mean") or ()),
                                 std=tuple(raw.get("std") or ()), interpolation=raw.get("interpolation", "bilinear"),
-                                input_height=raw.get("input_height"))
+                                input_height=raw.get("input_height"), colour_constancy=raw.get("colour_constancy"))
             members = tuple(MemberCard(backbone=m.get("backbone"), image_size=m.get("image_size"),
                                        source_sha256=m.get("source_sha256"), training=m.get("training"),
                                        input_height=m.get("input_height"))

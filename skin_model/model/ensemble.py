@@ -32,6 +32,9 @@ def combine(main: str | Path, others: Sequence[str | Path], out: str | Path) -> 
         if (other.data.split, other.data.metadata_md5) != (card.data.split, card.data.metadata_md5):
             raise ValueError(f"{folder} was trained on another split or data than {main}: its photos of the test "
                              "split would not be held out")
+        if other.data_config.colour_constancy != card.data_config.colour_constancy:
+            raise ValueError(f"{folder} normalises colour differently from {main}: members see the main model's "
+                             "input, so they must share its colour normalisation")
     combined = SkinLesionNet(model.backbone, model.image_size, pretrained=False, data_config=model.data_config,
                              members=tuple((m.backbone, m.data_config) for m, _ in loaded))
     missing, unexpected = combined.load_state_dict(model.state_dict(), strict=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from skin_model.constants import BACKBONE, IMAGE_SIZE
-from skin_model.data.config import DataConfig
+from skin_model.data.config import COLOUR_CONSTANCY, DataConfig
 
 # How stage 1 may keep its epoch (`TrainConfig.select`, `stages.selection_score`).
 SELECTIONS = ("balanced", "triage")
@@ -33,6 +33,7 @@ class TrainConfig:
     backbone: str = BACKBONE
     image_size: int = IMAGE_SIZE
     input_height: int | None = None
+    colour_constancy: str | None = None
     epochs: int = 30
     batch_size: int = 32
     lr: float = 5e-4
@@ -67,11 +68,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
             raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, not {self.select!r}")
+        if self.colour_constancy is not None and self.colour_constancy not in COLOUR_CONSTANCY:
+            raise ValueError(f"colour_constancy must be one of {', '.join(COLOUR_CONSTANCY)}, not {self.colour_constancy!r}")
 
     @property
     def data_config(self) -> DataConfig:
-        """The input the recipe trains at: `image_size` wide, `input_height` high (square when not given)."""
-        return DataConfig(image_size=self.image_size, input_height=self.input_height)
+        """The input the recipe trains at: `image_size` wide, `input_height` high (square when not given),
+        colour-normalised as `colour_constancy` says (None: as the camera took it)."""
+        return DataConfig(image_size=self.image_size, input_height=self.input_height,
+                          colour_constancy=self.colour_constancy)
 
     @property
     def split(self) -> int:

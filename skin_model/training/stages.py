@@ -97,7 +97,8 @@ def features_of(model: SkinLesionNet, photos: torch.Tensor, device: torch.device
     out = []
     for start in range(0, len(photos), batch_size):
         chunk = photos[start:start + batch_size].to(device, non_blocking=True)
-        x = augment_batch(chunk, model.data_config.input_size, generator)
+        x = augment_batch(chunk, model.data_config.input_size, generator,
+                          colour_constancy=model.data_config.colour_constancy)
         with _autocast(device):
             out.append(model.features(_to_device_batch(x, device)).float().cpu())
     return torch.cat(out).numpy()
@@ -279,7 +280,8 @@ def cache_prefix(model: SkinLesionNet, photos: torch.Tensor, n_blocks: int, view
     cache: torch.Tensor | None = None
     for view in tqdm(range(views), desc="cache frozen prefix", leave=False):
         for start in range(0, len(photos), batch_size):
-            x = augment_batch(photos[start:start + batch_size].to(device), model.data_config.input_size, gen)
+            x = augment_batch(photos[start:start + batch_size].to(device), model.data_config.input_size, gen,
+                              colour_constancy=model.data_config.colour_constancy)
             out = model.prefix(_to_device_batch(x, device), n_blocks).to(torch.float16).cpu()
             if cache is None:
                 cache = torch.empty((views, len(photos), *out.shape[1:]), dtype=torch.float16)
@@ -307,7 +309,8 @@ def train_step(model: SkinLesionNet, opt: torch.optim.Optimizer, loss_fn: nn.Mod
         x = photos.to(device).float()
     else:
         drawn_from = gen.get_state() if teacher is not None else None
-        x = augment_batch(photos, size or model.data_config.input_size, gen)
+        x = augment_batch(photos, size or model.data_config.input_size, gen,
+                          colour_constancy=model.data_config.colour_constancy)
         if teacher is not None:
             soft = teacher.probabilities(photos, drawn_from)
     perm, lam = None, 1.0

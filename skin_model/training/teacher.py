@@ -47,6 +47,8 @@ class ViewTeacher:
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the threads torch trains with
         self.sizes: list[tuple[int, int]] = []
+        # members see the main input, so every part takes the main model's colour normalisation
+        self.colour_constancy = model.data_config.colour_constancy
         self.sessions: list[ort.InferenceSession] = []
         for encoder, head, config in parts:
             part = _PartLogits(copy.deepcopy(encoder), copy.deepcopy(head)).float().cpu().eval()
@@ -68,6 +70,7 @@ class ViewTeacher:
             generator = torch.Generator(device=photos.device)
             generator.set_state(generator_state)
             with torch.no_grad():
-                view = augment_batch(photos, size, generator).float().cpu().numpy()
+                view = augment_batch(photos, size, generator, colour_constancy=self.colour_constancy)
+            view = view.float().cpu().numpy()
             logits.append(session.run(None, {"pixels": view})[0])
         return torch.as_tensor(np.mean(logits, axis=0), device=photos.device).softmax(-1)

@@ -195,11 +195,13 @@ def finish(model: SkinLesionNet, ham: Ham10000, training: dict[str, Any], out: P
     card = replace(
         card,
         name="skin-model CNN-LSTM",
-        architecture=f"{model.backbone} (ImageNet) at {model.data_config.describe()} encoder -> per-photo head; LSTM(256) over the "
-                        "time-ordered photos of one lesion -> sequence head (confidence-weighted mean of photo probabilities + LSTM "
-                        "correction); optional patient context (age, sex, site) as an additive head"
-                        + "".join(f"; photo logits averaged with an ensemble member ({m.backbone} at {m.data_config.describe()})"
-                                  for m in model.members),
+        architecture=f"{model.backbone} (ImageNet) at {model.data_config.describe()} encoder"
+                     + (", each photo colour-normalised (Shades of Gray)" if model.data_config.colour_constancy else "")
+                     + " -> per-photo head; LSTM(256) over the time-ordered photos of one lesion -> sequence head "
+                     "(confidence-weighted mean of photo probabilities + LSTM correction); optional patient context "
+                     "(age, sex, site) as an additive head"
+                     + "".join(f"; photo logits averaged with an ensemble member ({m.backbone} at {m.data_config.describe()})"
+                               for m in model.members),
         training={**training, "calibration": trust_card["calibration"],
                   "triage_validation": trust_card["triage_validation"]},
         data=DatasetInfo(metadata_md5=ham.fingerprint, split=split_description(seed),

@@ -52,3 +52,19 @@ def test_rotations_keep_a_round_lesion_round(frame: tuple[int, int], size) -> No
     out_radius = radius * views.shape[-2] / frame[0]
     elongations = [_elongation(v, round(out_radius)) for v in views]
     assert max(elongations) < 1.15, elongations
+
+
+def test_colour_normalised_views_do_not_depend_on_the_white_balance() -> None:
+    """With the card's colour constancy, a photo and the same photo under a warm light give the same
+    training view (the same draw of crop, rotation and jitter), as they give the same inference input."""
+    rng = np.random.default_rng(1)
+    grey = torch.from_numpy(rng.integers(60, 200, (4, 1, 150, 200)).astype(np.float64))
+    photos = (grey * torch.tensor([0.9, 0.85, 0.8]).view(1, 3, 1, 1)).round().to(torch.uint8)
+    warm = (grey * torch.tensor([1.1, 0.8, 0.55]).view(1, 3, 1, 1)).round().to(torch.uint8)
+
+    def gap(colour: str | None) -> float:
+        a, b = (augment_batch(x, (75, 100), torch.Generator().manual_seed(3), colour_constancy=colour)
+                for x in (photos, warm))
+        return float((a - b).abs().mean())
+
+    assert gap("shades_of_gray") < gap(None) / 5, (gap("shades_of_gray"), gap(None))

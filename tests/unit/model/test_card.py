@@ -36,6 +36,7 @@ def test_the_shipped_card_reads_into_types_and_writes_back_the_same_json() -> No
     ({"image_size": "160"}, "image_size"),
     ({"image_size": 8}, "image_size"),
     ({"interpolation": "nearest"}, "interpolation"),
+    ({"colour_constancy": "grey_world"}, "colour_constancy"),
     ({"mean": [0.5, 0.5]}, "mean and std"),
     ({"members": [{"backbone": "efficientnet-lite0", "image_size": None}]}, r"members\[0\].image_size"),
     ({"members": [{"backbone": "efficientnet-lite0", "image_size": 200, "input_height": 5}]},
@@ -96,3 +97,17 @@ def test_a_non_square_input_travels_in_the_card(tiny_model, tmp_path: Path, lesi
     assert preprocess([lesion_photo()], loaded.data_config).shape == (1, 3, 72, 96)
     with pytest.raises(CardError, match="input_height"):
         ModelCard.from_json({**SHIPPED, "input_height": 8})
+
+
+def test_a_colour_normalisation_travels_in_the_card(tiny_model, tmp_path: Path, lesion_photo) -> None:
+    """A model trained on colour-normalised photos is served colour-normalised photos after a save and a
+    load; older cards (no `colour_constancy`) keep the photos' own colours."""
+    config = DataConfig(image_size=96, colour_constancy="shades_of_gray")
+    model = type(tiny_model)(backbone=tiny_model.backbone, image_size=96, pretrained=False, data_config=config)
+    card = checkpoint.save(model, tmp_path, ModelCard(name="sog"))
+    assert card.to_json()["colour_constancy"] == "shades_of_gray" and "colour_constancy" not in SHIPPED
+    loaded, read = checkpoint.load(tmp_path)
+    assert read.data_config == config and loaded.data_config == config
+    assert ModelCard.from_json(SHIPPED).data_config.colour_constancy is None
+    photo = lesion_photo()
+    assert not torch.equal(preprocess([photo], loaded.data_config), preprocess([photo], DataConfig(image_size=96)))

@@ -125,6 +125,13 @@ def test_combine_refuses_nonsense(sources, combined, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="another split"):
         combine(sources[0], [sources[1].parent / "other_split"], tmp_path / "z")
     assert not (tmp_path / "z").exists()
+    _, card = checkpoint.load(sources[0])
+    normalised = SkinLesionNet(backbone=STUB_BACKBONE, pretrained=False,
+                               data_config=DataConfig(colour_constancy="shades_of_gray"))
+    checkpoint.save(normalised, tmp_path / "sog", ModelCard(name="sog", data=card.data))
+    with pytest.raises(ValueError, match="colour normalisation"):
+        combine(sources[0], [tmp_path / "sog"], tmp_path / "v")
+    assert not (tmp_path / "v").exists()
 
 
 def test_card_with_a_bad_member_is_refused(combined, tmp_path: Path) -> None:

@@ -192,3 +192,32 @@ def test_selection_keeps_the_epoch_its_score_prefers(tiny_model: SkinLesionNet, 
 def test_unknown_selection_is_refused() -> None:
     with pytest.raises(ValueError, match="select must be one of balanced, triage"):
         TrainConfig(select="accuracy")
+
+
+def test_unknown_colour_constancy_is_refused() -> None:
+    with pytest.raises(ValueError, match="colour_constancy must be one of shades_of_gray"):
+        TrainConfig(colour_constancy="grey_world")
+    assert TrainConfig(colour_constancy="shades_of_gray").data_config.colour_constancy == "shades_of_gray"
+
+
+def test_a_colour_normalising_model_trains_on_colour_normalised_views(tiny_model) -> None:
+    """The card's colour constancy reaches the training views: the same photos under a warm light cost
+    the same loss as under a neutral one for such a model, and not for a model without it."""
+    grey = torch.randint(60, 200, (8, 1, 48, 64), generator=torch.Generator().manual_seed(0)).double()
+    neutral = (grey * torch.tensor([0.95, 0.85, 0.8]).view(1, 3, 1, 1)).round().to(torch.uint8)
+    warm = (grey * torch.tensor([1.1, 0.8, 0.55]).view(1, 3, 1, 1)).round().to(torch.uint8)
+    labels = torch.arange(8) % len(CLASSES)
+    gaps = {}
+    for colour in (None, "shades_of_gray"):
+        config = TrainConfig(image_size=64, input_height=48, colour_constancy=colour, device="cpu")
+        model = SkinLesionNet(tiny_model.backbone, 64, pretrained=False, data_config=config.data_config)
+        model.load_state_dict(tiny_model.state_dict(), strict=False)
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        losses = []
+        for photos in (neutral, warm):
+            torch.manual_seed(0)
+            losses.append(train_step(model, opt, nn.CrossEntropyLoss(), photos, labels, config,
+                                     torch.Generator().manual_seed(0), torch.device("cpu")))
+        gaps[colour] = abs(losses[0] - losses[1])
+    assert gaps["shades_of_gray"] < gaps[None] / 5, gaps
