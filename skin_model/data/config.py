@@ -46,7 +46,8 @@ class DataConfig:
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(f"interpolation must be one of {INTERPOLATIONS}, not {self.interpolation!r}")
         if self.colour_constancy is not None and self.colour_constancy not in COLOUR_CONSTANCY:
-            raise ConfigError(f"colour_constancy must be one of {COLOUR_CONSTANCY} or absent, not {self.colour_constancy!r}")
+            raise ConfigError(f"colour_constancy must be one of {', '.join(COLOUR_CONSTANCY)} or absent, "
+                              f"not {self.colour_constancy!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("mean and std must hold three values each, std positive")
         object.__setattr__(self, "input_size", (self.input_height or self.image_size, self.image_size))

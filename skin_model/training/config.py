@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from skin_model.constants import BACKBONE, IMAGE_SIZE
-from skin_model.data.config import COLOUR_CONSTANCY, DataConfig
+from skin_model.data.config import DataConfig
 
 # How stage 1 may keep its epoch (`TrainConfig.select`, `stages.selection_score`).
 SELECTIONS = ("balanced", "triage")
@@ -68,8 +68,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.select not in SELECTIONS:
             raise ValueError(f"select must be one of {', '.join(SELECTIONS)}, not {self.select!r}")
-        if self.colour_constancy is not None and self.colour_constancy not in COLOUR_CONSTANCY:
-            raise ValueError(f"colour_constancy must be one of {', '.join(COLOUR_CONSTANCY)}, not {self.colour_constancy!r}")
+        _ = self.data_config  # the input's own checks (ConfigError, a ValueError) before any photo is read
 
     @property
     def data_config(self) -> DataConfig:
