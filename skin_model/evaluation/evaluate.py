@@ -181,7 +181,7 @@ def triage_report(rule: triage.TriageRule, framing_probs: dict[str, np.ndarray],
     by how their diagnosis was confirmed."""
     truth = triage.is_malignant(labels, CLASSES, rule.malignant)
     out: dict[str, Any] = {"threshold": rule.threshold, "target_sensitivity": rule.target_sensitivity,
-                           "malignant": list(rule.malignant), "single_photo": {}}
+                           "confidence": rule.confidence, "malignant": list(rule.malignant), "single_photo": {}}
     for name, probs in framing_probs.items():
         out["single_photo"][name] = triage.operating_point(
             triage.malignant_probability(probs, CLASSES, rule.malignant), truth, rule.threshold, lesion_ids)
@@ -213,8 +213,9 @@ def format_table(report: dict[str, Any]) -> str:
                       f"accuracy {a['balanced_accuracy_answered']:.4f}, accuracy {a['accuracy_answered']:.4f} on those"]
     if "triage" in report:
         t = report["triage"]
-        lines += ["", f"see a dermatologist when P(malignant) >= {t['threshold']:.3f} "
-                      f"(chosen on validation for sensitivity >= {t['target_sensitivity']:.2f}):"]
+        aim = f"sensitivity >= {t['target_sensitivity']:.2f}" + (
+            f" with {t['confidence']:.0%} confidence" if t.get("confidence") is not None else "")
+        lines += ["", f"see a dermatologist when P(malignant) >= {t['threshold']:.3f} (chosen on validation for {aim}):"]
         for name, op in t["single_photo"].items():
             lines.append(f"  {name:12s} sensitivity {op['sensitivity']:.3f} ({_span(op['sensitivity_interval'])}), "
                          f"specificity {op['specificity']:.3f} ({_span(op['specificity_interval'])})")

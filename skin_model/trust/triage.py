@@ -5,8 +5,9 @@ dermatology AI is judged (Haenssle et al., Annals of Oncology 2018): the probabi
 lesion is malignant (the sum of the calibrated probabilities of the malignant classes, akiec +
 bcc + mel) against a threshold chosen on the lesion-grouped validation split so that at least
 `TARGET_SENSITIVITY` of malignant photos are flagged, in every framing users send (full frame,
-centre crop, zoom). The sensitivity and specificity it was chosen for, with lesion-bootstrap
-intervals, travel in the model card.
+centre crop, zoom), with `SENSITIVITY_CONFIDENCE` confidence: a threshold set exactly at the target
+on one split falls short of it on new photos about half the time. The sensitivity and specificity
+it was chosen for, with lesion-bootstrap intervals, travel in the model card.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from skin_model.metrics import lesion_resamples
+
 TARGET_SENSITIVITY = 0.90
+SENSITIVITY_CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -27,9 +31,11 @@ class TriageRule:
 
     `sensitivity` and `specificity` are what validation photos (full frame) gave at the
     threshold, with their 95% lesion-bootstrap intervals; `malignant` the classes summed;
-    `basis` what the threshold was chosen on. `sequence` is the rule for a sequence of photos of
-    one lesion, chosen on validation lesions' sequences (pooling changes the probabilities'
-    spread, so a photo's threshold does not keep a sequence's sensitivity)."""
+    `basis` what the threshold was chosen on; `confidence` the share of lesion-bootstrap
+    resamples of validation in which sensitivity reached the target at the threshold (None: the
+    point estimate reached it, as in cards fitted before 2026-12-05). `sequence` is the rule for
+    a sequence of photos of one lesion, chosen on validation lesions' sequences (pooling changes
+    the probabilities' spread, so a photo's threshold does not keep a sequence's sensitivity)."""
 
     threshold: float
     malignant: tuple[str, ...]
@@ -40,6 +46,7 @@ class TriageRule:
     specificity_interval: tuple[float, float] | None = None
     basis: str = "validation photos"
     sequence: TriageRule | None = None
+    confidence: float | None = None
 
     def for_sequences(self) -> TriageRule:
         """The rule a sequence of photos of one lesion is judged by (this one when none was fitted)."""
@@ -56,7 +63,10 @@ class TriageRule:
         """The operating point in words, as every output quotes it."""
         if self.sensitivity is None or self.specificity is None:
             return f"threshold {self.threshold:.1%} of malignant probability"
-        return (f"chosen on {self.basis} for sensitivity \u2265 {self.target_sensitivity:.0%}: "
+        aim = f"sensitivity \u2265 {self.target_sensitivity:.0%}"
+        if self.confidence is not None:
+            aim += f" with {self.confidence:.0%} confidence"
+        return (f"chosen on {self.basis} for {aim}: "
                 f"sensitivity {self.sensitivity:.0%}, specificity {self.specificity:.0%}")
 
     def to_json(self) -> dict[str, Any]:
@@ -66,6 +76,8 @@ class TriageRule:
                "sensitivity_interval": list(self.sensitivity_interval) if self.sensitivity_interval else None,
                "specificity_interval": list(self.specificity_interval) if self.specificity_interval else None,
                "basis": self.basis}
+        if self.confidence is not None:
+            out["confidence"] = self.confidence
         if self.sequence is not None:
             out["sequence"] = self.sequence.to_json()
         return out
@@ -81,6 +93,7 @@ class TriageRule:
                    sensitivity_interval=pair(raw.get("sensitivity_interval")),
                    specificity_interval=pair(raw.get("specificity_interval")),
                    basis=str(raw.get("basis", "validation photos")),
+                   confidence=float(raw["confidence"]) if raw.get("confidence") is not None else None,
                    sequence=cls.from_json(raw["sequence"]) if raw.get("sequence") else None)
 
 
@@ -113,9 +126,36 @@ def threshold_for(p_malignant: np.ndarray, truth: np.ndarray, target: float = TA
     pos = np.sort(p[truth])[::-1]
     if len(pos) == 0:
         raise ValueError("no malignant photos to choose a triage threshold on")
-    lowest_flagged = pos[max(0, math.ceil(target * len(pos)) - 1)]
+    return _below(p, pos[max(0, math.ceil(target * len(pos)) - 1)])
+
+
+def _below(p: np.ndarray, lowest_flagged: float) -> float:
+    """A threshold flagging `lowest_flagged` and every higher score, halfway to the next lower score."""
     below = p[p < lowest_flagged]
     return float((lowest_flagged + below.max()) / 2) if len(below) else float(lowest_flagged)
+
+
+def threshold_with_confidence(p_malignant: np.ndarray, truth: np.ndarray, groups: np.ndarray | None = None,
+                              target: float = TARGET_SENSITIVITY, confidence: float = SENSITIVITY_CONFIDENCE,
+                              resamples: int = 1000, seed: int = 0) -> float:
+    """The highest threshold (placed as `threshold_for` places it) whose sensitivity reaches `target`
+    in at least `confidence` of the resamples of whole lesions (`groups`: one id per row): the
+    one-sided lesion-bootstrap lower bound of the sensitivity is the target or more.
+
+    A threshold at the target itself flags the target share of these malignant photos, and new
+    photos' sensitivity falls on either side of it about equally often; the margin this adds
+    shrinks as the validation split holds more malignant lesions."""
+    p, truth = np.asarray(p_malignant, dtype=np.float64), np.asarray(truth, dtype=bool)
+    if not truth.any():
+        raise ValueError("no malignant photos to choose a triage threshold on")
+    order = np.flatnonzero(truth)[np.argsort(-p[truth], kind="stable")]
+    counts = np.stack([np.bincount(rows, minlength=len(p))[order]
+                       for rows in lesion_resamples(groups, len(p), resamples, seed)]).astype(np.float64)
+    counts = counts[counts.sum(1) > 0]
+    flagged = np.cumsum(counts, 1) / counts.sum(1, keepdims=True)
+    lower = np.quantile(flagged, 1 - confidence, axis=0)
+    reached = np.flatnonzero(lower >= target - 1e-12)
+    return _below(p, p[order[reached[0] if len(reached) else len(order) - 1]])
 
 
 def operating_point(p_malignant: np.ndarray, truth: np.ndarray, threshold: float, groups: np.ndarray | None = None,
@@ -126,15 +166,7 @@ def operating_point(p_malignant: np.ndarray, truth: np.ndarray, threshold: float
     p, truth = np.asarray(p_malignant, dtype=np.float64), np.asarray(truth, dtype=bool)
     flag = p >= threshold
     sens, spec = rates(flag, truth)
-    ids = np.arange(len(p)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-    order = np.argsort(ids, kind="stable")
-    members = np.split(order, np.flatnonzero(np.diff(ids[order])) + 1) if len(p) else []
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(resamples):
-        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        draws.append(rates(flag[rows], truth[rows]))
-    arr = np.array(draws)
+    arr = np.array([rates(flag[rows], truth[rows]) for rows in lesion_resamples(groups, len(p), resamples, seed)])
     tail = (1 - level) / 2 * 100
     interval = [np.nanpercentile(arr[:, i], [tail, 100 - tail]).tolist() if not np.isnan(arr[:, i]).all() else None
                 for i in range(2)]
@@ -163,13 +195,15 @@ def specificity_by(p_malignant: np.ndarray, truth: np.ndarray, threshold: float,
 
 
 def fit(p_by_framing: Mapping[str, np.ndarray], truth: np.ndarray, groups: np.ndarray, malignant: Sequence[str],
-        target: float = TARGET_SENSITIVITY, primary: str = "full") -> tuple[TriageRule, dict[str, Any]]:
-    """Choose the threshold on validation: the one flagging the fewest photos while every framing
-    flags at least `target` of the malignant ones (a user's tight crop must not lose sensitivity).
-    Returns the rule and the validation figures of each framing."""
-    threshold = min(threshold_for(p, truth, target) for p in p_by_framing.values())
+        target: float = TARGET_SENSITIVITY, primary: str = "full",
+        confidence: float = SENSITIVITY_CONFIDENCE) -> tuple[TriageRule, dict[str, Any]]:
+    """Choose the threshold on validation: the highest at which every framing keeps sensitivity at
+    `target` or more with `confidence` (`threshold_with_confidence`), so that a user's tight crop
+    does not lose sensitivity either. Returns the rule and the validation figures of each framing."""
+    threshold = min(threshold_with_confidence(p, truth, groups, target, confidence) for p in p_by_framing.values())
     figures = {name: operating_point(p, truth, threshold, groups) for name, p in p_by_framing.items()}
-    return _rule(threshold, figures[primary], malignant, target, "validation photos"), figures
+    return replace(_rule(threshold, figures[primary], malignant, target, "validation photos"),
+                   confidence=confidence), figures
 
 
 def _rule(threshold: float, figures: Mapping[str, Any], malignant: Sequence[str], target: float,

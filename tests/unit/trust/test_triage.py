@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from skin_model.constants import CLASSES, MALIGNANT
+from skin_model.metrics import lesion_resamples
 from skin_model.trust import triage
 from skin_model.trust.triage import TriageRule
 
@@ -44,16 +45,68 @@ def test_fit_keeps_the_target_in_every_framing_and_reports_intervals() -> None:
     rng = np.random.default_rng(1)
     truth = rng.random(400) < 0.25
     full = np.where(truth, rng.beta(6, 2, 400), rng.beta(2, 6, 400))
-    zoom = np.clip(full - 0.15 * truth, 0, 1)  # a framing where malignant photos look less malignant
+    zoom = np.clip(full - 0.05 * truth, 0, 1)  # a framing where malignant photos look less malignant
     groups = np.arange(400) // 2
     rule, figures = triage.fit({"full": full, "zoom": zoom}, truth, groups, MAL, target=0.9)
-    assert rule.threshold == pytest.approx(triage.threshold_for(zoom, truth, 0.9))
+    assert rule.threshold == pytest.approx(triage.threshold_with_confidence(zoom, truth, groups, 0.9, 0.95))
+    assert rule.threshold < triage.threshold_with_confidence(full, truth, groups, 0.9, 0.95)
+    assert rule.confidence == triage.SENSITIVITY_CONFIDENCE
     assert figures["full"]["sensitivity"] >= 0.9 and figures["zoom"]["sensitivity"] >= 0.9
     lo, hi = rule.sensitivity_interval
     assert lo <= rule.sensitivity <= hi and 0 < hi - lo < 0.2
     lo, hi = rule.specificity_interval
     assert lo <= rule.specificity <= hi
     assert TriageRule.from_json(rule.to_json()) == rule
+    assert "for sensitivity \u2265 90% with 95% confidence: sensitivity" in rule.operating_point()
+
+
+def _scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = rng.random(n) < 0.2
+    return np.where(truth, rng.beta(5, 2, n), rng.beta(2, 5, n)), truth
+
+
+def test_threshold_with_confidence_keeps_the_target_in_that_share_of_lesion_resamples() -> None:
+    p, truth = _scores(1000, 2)
+    groups = np.arange(1000) // 2
+    t = triage.threshold_with_confidence(p, truth, groups, target=0.9, confidence=0.95)
+    assert t < triage.threshold_for(p, truth, 0.9)  # a margin below the point estimate
+
+    def share_reaching(threshold: float) -> float:
+        sens = [(p[rows][truth[rows]] >= threshold).mean() for rows in lesion_resamples(groups, len(p), 1000)]
+        return float(np.mean(np.array(sens) >= 0.9 - 1e-12))
+
+    assert share_reaching(t) >= 0.95
+    # the highest such threshold: raised past the lowest malignant score it flags, it no longer holds
+    assert share_reaching(np.nextafter(p[truth & (p >= t)].min(), 1)) < 0.95
+    assert min(p[p >= t].min() - t, t - p[p < t].max()) > 1e-6  # halfway between two scores, as threshold_for
+    with pytest.raises(ValueError, match="no malignant"):
+        triage.threshold_with_confidence(p, np.zeros(1000, bool))
+
+
+def test_the_margin_counts_lesions_not_photos_and_shrinks_with_more_of_them() -> None:
+    p, truth = _scores(600, 3)
+    alone = triage.threshold_with_confidence(p, truth, np.arange(600))
+    # three identical photos of each lesion are no more evidence than one...
+    tripled = triage.threshold_with_confidence(np.repeat(p, 3), np.repeat(truth, 3), np.repeat(np.arange(600), 3))
+    assert tripled == pytest.approx(alone)
+    # ...unless they are wrongly counted as independent lesions, which narrows the bound
+    assert triage.threshold_with_confidence(np.repeat(p, 3), np.repeat(truth, 3), None) > alone
+
+    def margin(n: int) -> float:
+        p, truth = _scores(n, 4)
+        return float((p[truth] >= triage.threshold_with_confidence(p, truth)).mean()) - 0.9
+
+    assert margin(6000) < margin(600)
+    assert margin(6000) > 0
+
+
+def test_cards_fitted_before_the_confidence_rule_read_as_the_point_rule() -> None:
+    rule = TriageRule(threshold=0.2, malignant=MAL, sensitivity=0.91, specificity=0.76, confidence=0.95)
+    old = {k: v for k, v in rule.to_json().items() if k != "confidence"}
+    assert TriageRule.from_json(old).confidence is None
+    assert "with 95% confidence" not in TriageRule.from_json(old).operating_point()
+    assert "for sensitivity \u2265 90% with 95% confidence: sensitivity 91%, specificity 76%" in rule.operating_point()
 
 
 def test_operating_point_counts_whole_lesions_in_the_bootstrap() -> None:
