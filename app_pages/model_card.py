@@ -117,7 +117,8 @@ if single:
     if rule is not None:
         st.subheader("Triage: see a dermatologist?")
         st.markdown(f"Every answer starts with triage, whatever the top class. {triage_rule_text(rule)} "
-                    "For photos, the lowest sensitivity over full frame, centre crop and zoom reaches the target.")
+                    "For photos, each framing of the validation photos (full frame, centre crop, zoom) reaches that "
+                    "target at the threshold.")
         if triage_test:
             rows = [{"photos (test)": name, "sensitivity": op["sensitivity"],
                      "95% interval (sens.)": _span(op["sensitivity_interval"]), "specificity": op["specificity"],
