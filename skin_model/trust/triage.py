@@ -154,8 +154,8 @@ def threshold_with_confidence(p_malignant: np.ndarray, truth: np.ndarray, groups
     counts = counts[counts.sum(1) > 0]
     flagged = np.cumsum(counts, 1) / counts.sum(1, keepdims=True)
     lower = np.quantile(flagged, 1 - confidence, axis=0)
-    reached = np.flatnonzero(lower >= target - 1e-12)
-    return _below(p, p[order[reached[0] if len(reached) else len(order) - 1]])
+    # flagging every malignant photo reaches any target in every resample, so some count always does
+    return _below(p, p[order[int(np.argmax(lower >= target - 1e-12))]])
 
 
 def operating_point(p_malignant: np.ndarray, truth: np.ndarray, threshold: float, groups: np.ndarray | None = None,
