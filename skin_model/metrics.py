@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from skin_model.constants import CLASSES
 
@@ -24,7 +23,8 @@ def auc_ovr(labels: np.ndarray, scores: np.ndarray) -> float:
     n_pos, n_neg = int(pos.sum()), int((~pos).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    _, inverse, counts = np.unique(np.asarray(scores), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse.reshape(-1)]  # tied scores share their average rank
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -108,8 +108,13 @@ EVIDENCE = 0.95
 def lesion_resamples(groups: np.ndarray | None, n_rows: int, resamples: int, seed: int = 0) -> Iterator[np.ndarray]:
     """Row indices of `resamples` bootstrap resamples that draw whole lesions (`groups`: one id per
     row; each row its own unit when None), so photos of one lesion never count as independent evidence."""
-    ids = np.arange(n_rows) if groups is None else pd.factorize(np.asarray(groups))[0]
-    members = pd.Series(np.arange(n_rows)).groupby(ids).apply(np.asarray).tolist()
+    if groups is None:
+        ids = np.arange(n_rows)
+    else:  # lesions numbered in the order they first appear, so a seed draws the same lesions as it always has
+        _, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+        ids = np.argsort(np.argsort(first))[inverse.reshape(-1)]
+    order = np.argsort(ids, kind="stable")
+    members = np.split(order, np.flatnonzero(np.diff(ids[order])) + 1)
     rng = np.random.default_rng(seed)
     for _ in range(resamples):
         yield np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
@@ -129,7 +134,7 @@ def bootstrap_intervals(labels: np.ndarray, predictions: dict[str, np.ndarray], 
         for k, p in preds.items():
             draws[k].append(recall_scores(labels[rows], p[rows]))
     tail = (1 - level) / 2 * 100
-    units = len(labels) if groups is None else len(pd.unique(np.asarray(groups)))
+    units = len(labels) if groups is None else len(np.unique(np.asarray(groups)))
     out: dict[str, Any] = {"resamples": resamples, "level": level, "units": units}
     first = next(iter(preds))
     for k, d in draws.items():
