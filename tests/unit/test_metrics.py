@@ -14,6 +14,7 @@ from skin_model.metrics import (
     classification_report,
     confusion,
     expected_calibration_error,
+    lesion_resamples,
     reliability,
 )
 
@@ -158,3 +159,25 @@ def test_bootstrap_gives_a_melanoma_recall_interval() -> None:
     assert lo <= 0.5 <= hi and hi < 1.0
     no_mel = bootstrap_intervals(labels[labels != mel], {"model": preds[labels != mel]}, resamples=20)
     assert "melanoma_recall" not in no_mel["model"]
+
+
+def test_lesion_resamples_draw_whole_lesions_numbered_as_they_first_appear() -> None:
+    groups = np.array(["HAM_9", "HAM_1", "HAM_9", "HAM_5", "HAM_1", "HAM_9"])
+    renamed = np.array(["a", "z", "a", "m", "z", "a"])  # the same lesions, ids that sort the other way
+    draws = list(lesion_resamples(groups, len(groups), 50, seed=3))
+    assert all(np.array_equal(a, b) for a, b in zip(draws, lesion_resamples(renamed, len(groups), 50, seed=3)))
+    members = {g: set(np.flatnonzero(groups == g)) for g in set(groups)}
+    for rows in draws:
+        counts = np.bincount(rows, minlength=len(groups))
+        for rows_of_lesion in members.values():  # a lesion is drawn whole or not at all, every photo as often
+            assert len({counts[r] for r in rows_of_lesion}) == 1
+        assert sum(counts[min(m)] for m in members.values()) == len(members)  # as many lesions as there are
+
+
+def test_auc_with_ties_matches_the_pairwise_count() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.random(300) < 0.3
+    scores = np.round(rng.random(300), 1)  # many ties
+    pos, neg = scores[labels], scores[~labels]
+    pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    assert auc_ovr(labels, scores) == pytest.approx(pairs / (len(pos) * len(neg)))
