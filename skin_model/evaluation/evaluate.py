@@ -213,8 +213,8 @@ def format_table(report: dict[str, Any]) -> str:
                       f"accuracy {a['balanced_accuracy_answered']:.4f}, accuracy {a['accuracy_answered']:.4f} on those"]
     if "triage" in report:
         t = report["triage"]
-        aim = f"sensitivity >= {t['target_sensitivity']:.2f}" + (
-            f" with {t['confidence']:.0%} confidence" if t.get("confidence") is not None else "")
+        aim = triage.TriageRule(threshold=t["threshold"], malignant=tuple(t["malignant"]),
+                                target_sensitivity=t["target_sensitivity"], confidence=t.get("confidence")).aim()
         lines += ["", f"see a dermatologist when P(malignant) >= {t['threshold']:.3f} (chosen on validation for {aim}):"]
         for name, op in t["single_photo"].items():
             lines.append(f"  {name:12s} sensitivity {op['sensitivity']:.3f} ({_span(op['sensitivity_interval'])}), "

@@ -63,11 +63,13 @@ class TriageRule:
         """The operating point in words, as every output quotes it."""
         if self.sensitivity is None or self.specificity is None:
             return f"threshold {self.threshold:.1%} of malignant probability"
-        aim = f"sensitivity \u2265 {self.target_sensitivity:.0%}"
-        if self.confidence is not None:
-            aim += f" with {self.confidence:.0%} confidence"
-        return (f"chosen on {self.basis} for {aim}: "
+        return (f"chosen on {self.basis} for {self.aim()}: "
                 f"sensitivity {self.sensitivity:.0%}, specificity {self.specificity:.0%}")
+
+    def aim(self) -> str:
+        """What the threshold was chosen to keep, in the words every output uses."""
+        confidence = f" with {self.confidence:.0%} confidence" if self.confidence is not None else ""
+        return f"sensitivity \u2265 {self.target_sensitivity:.0%}{confidence}"
 
     def to_json(self) -> dict[str, Any]:
         out = {"threshold": self.threshold, "malignant": list(self.malignant),
